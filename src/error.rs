@@ -1,0 +1,321 @@
+//! Error types, one enum per operation family.
+//!
+//! Variants are facts the caller can act on (`AlreadyExists`, `NotFound`, `LayoutMismatch`,
+//! `Full`, `Timeout`, `Disconnected`); OS failures that cannot be classified keep their
+//! [`io::Error`] as `source`. The try/blocking/timeout triples follow crossbeam-channel:
+//! `TryRecvError` → `RecvError` → `RecvTimeoutError` convert into each other with `From`.
+
+use std::io;
+
+pub use crate::ring::layout::LayoutError;
+pub use crate::shm::NameError;
+
+/// Creating a ring failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// The name is empty, too long or has characters outside `A-Z a-z 0-9 . _ -`.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The shape, slot count or peer counts are not acceptable.
+    #[error("invalid ring layout: {0}")]
+    Layout(#[from] LayoutError),
+    /// A segment with this name exists already.
+    #[error(
+        "a ring named {name:?} already exists (remove it with `shmflow rm {name}` if it is stale)"
+    )]
+    AlreadyExists {
+        /// The ring name.
+        name: String,
+    },
+    /// The OS refused to create the segment.
+    #[error("permission denied creating ring {name:?}")]
+    PermissionDenied {
+        /// The ring name.
+        name: String,
+    },
+    /// `/dev/shm` has not enough free memory for the segment (it is a tmpfs; containers often
+    /// limit it to 64 MiB: `docker run --shm-size`).
+    #[error("not enough space in /dev/shm for ring {name:?} ({bytes} bytes needed)")]
+    NoSpace {
+        /// The ring name.
+        name: String,
+        /// The segment size.
+        bytes: u64,
+    },
+    /// Another OS error.
+    #[error("could not create ring {name:?}")]
+    Io {
+        /// The ring name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Opening an existing ring failed. Nothing was mapped beyond the header, no view exists.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The name is empty, too long or has characters outside `A-Z a-z 0-9 . _ -`.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// No ring of that name exists.
+    #[error("no ring named {name:?} (see `shmflow ls`)")]
+    NotFound {
+        /// The ring name.
+        name: String,
+    },
+    /// The segment exists but this user may not open it (rings are created 0600).
+    #[error("permission denied opening ring {name:?} (it belongs to another user, or its mode forbids access)")]
+    PermissionDenied {
+        /// The ring name.
+        name: String,
+    },
+    /// The segment does not start with shmflow's magic number: it is not a ring.
+    #[error("{name:?} is not a shmflow ring (bad magic number)")]
+    NotARing {
+        /// The ring name.
+        name: String,
+    },
+    /// The ring was made by an incompatible version of shmflow.
+    #[error("ring {name:?} has layout version {found}, this shmflow reads version {expected}")]
+    VersionMismatch {
+        /// The ring name.
+        name: String,
+        /// Version in the header.
+        found: u32,
+        /// Version this library implements.
+        expected: u32,
+    },
+    /// The creator did not finish initialising the ring in time (or died while doing it).
+    #[error(
+        "ring {name:?} is still being initialised by its creator (or the creator died doing it)"
+    )]
+    NotReady {
+        /// The ring name.
+        name: String,
+    },
+    /// The segment is shorter than its header says.
+    #[error("ring {name:?} is truncated: {size} bytes, its layout needs {expected}")]
+    Truncated {
+        /// The ring name.
+        name: String,
+        /// Actual size in bytes.
+        size: u64,
+        /// Size the layout needs.
+        expected: u64,
+    },
+    /// The header is inconsistent (corrupted, or written by something that is not shmflow).
+    #[error("ring {name:?} has a corrupted header: {what}")]
+    Corrupted {
+        /// The ring name.
+        name: String,
+        /// Which check failed.
+        what: String,
+    },
+    /// The ring exists but its element type or number of dimensions differs from the request.
+    #[error("ring {name:?} holds {found}, but {expected} was requested")]
+    LayoutMismatch {
+        /// The ring name.
+        name: String,
+        /// What the caller asked for, e.g. `f32 with 3 dimensions`.
+        expected: String,
+        /// What the header says, e.g. `u8 [1080, 1920, 3]`.
+        found: String,
+    },
+    /// Another OS error.
+    #[error("could not open ring {name:?}")]
+    Io {
+        /// The ring name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl OpenError {
+    /// True for [`OpenError::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, OpenError::NotFound { .. })
+    }
+}
+
+/// Attaching a reader or writer to a ring failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// All reader entries are taken by live readers.
+    #[error("all {max} reader entries of the ring are in use by live readers")]
+    TooManyReaders {
+        /// The ring's `max_readers`.
+        max: u32,
+    },
+    /// All writer entries are taken by live writers (a broadcast ring has one).
+    #[error("all {max} writer entries of the ring are in use by live writers")]
+    TooManyWriters {
+        /// The ring's `max_writers`.
+        max: u32,
+    },
+    /// Setting up the reader's doorbell socket or reading `/proc` failed.
+    #[error("could not attach to the ring")]
+    Io(#[source] io::Error),
+}
+
+/// [`Writer::try_reserve`](crate::Writer::try_reserve) could not reserve a slot now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryReserveError {
+    /// No slot is free: the queue is full, the slowest reader of a lossless ring has not
+    /// released the oldest frame, or (drop-oldest) readers hold every slot.
+    #[error("the ring is full")]
+    Full,
+    /// 2^48 frames have been written to this ring; create a new one.
+    #[error("the ring's sequence numbers are exhausted (2^48 frames)")]
+    Exhausted,
+}
+
+/// [`Writer::reserve`](crate::Writer::reserve) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    /// 2^48 frames have been written to this ring; create a new one.
+    #[error("the ring's sequence numbers are exhausted (2^48 frames)")]
+    Exhausted,
+}
+
+/// [`Writer::reserve_timeout`](crate::Writer::reserve_timeout) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveTimeoutError {
+    /// No slot became free before the timeout.
+    #[error("timed out waiting for a free slot")]
+    Timeout,
+    /// 2^48 frames have been written to this ring; create a new one.
+    #[error("the ring's sequence numbers are exhausted (2^48 frames)")]
+    Exhausted,
+}
+
+impl TryReserveError {
+    /// True for [`TryReserveError::Full`].
+    pub fn is_full(&self) -> bool {
+        matches!(self, TryReserveError::Full)
+    }
+}
+
+impl From<ReserveError> for ReserveTimeoutError {
+    fn from(e: ReserveError) -> Self {
+        match e {
+            ReserveError::Exhausted => ReserveTimeoutError::Exhausted,
+        }
+    }
+}
+
+/// [`Reader::try_recv`](crate::Reader::try_recv) returned no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// No frame is ready now.
+    #[error("no frame is ready")]
+    Empty,
+    /// Every frame has been read and no writer is attached any more (it detached or died).
+    #[error("the ring is disconnected: no writer is attached and every frame has been read")]
+    Disconnected,
+    /// The frame with this sequence number had invalid metadata (shape or length) and was
+    /// skipped. Only a misbehaving writer produces this.
+    #[error("frame {seq} had invalid metadata and was skipped")]
+    Corrupted {
+        /// The skipped frame.
+        seq: u64,
+    },
+}
+
+/// [`Reader::recv`](crate::Reader::recv) returned no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// Every frame has been read and no writer is attached any more (it detached or died).
+    #[error("the ring is disconnected: no writer is attached and every frame has been read")]
+    Disconnected,
+    /// The frame with this sequence number had invalid metadata and was skipped.
+    #[error("frame {seq} had invalid metadata and was skipped")]
+    Corrupted {
+        /// The skipped frame.
+        seq: u64,
+    },
+}
+
+/// [`Reader::recv_timeout`](crate::Reader::recv_timeout) returned no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No frame arrived before the timeout.
+    #[error("timed out waiting for a frame")]
+    Timeout,
+    /// Every frame has been read and no writer is attached any more (it detached or died).
+    #[error("the ring is disconnected: no writer is attached and every frame has been read")]
+    Disconnected,
+    /// The frame with this sequence number had invalid metadata and was skipped.
+    #[error("frame {seq} had invalid metadata and was skipped")]
+    Corrupted {
+        /// The skipped frame.
+        seq: u64,
+    },
+}
+
+impl TryRecvError {
+    /// True for [`TryRecvError::Empty`].
+    pub fn is_empty(&self) -> bool {
+        matches!(self, TryRecvError::Empty)
+    }
+    /// True for [`TryRecvError::Disconnected`].
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, TryRecvError::Disconnected)
+    }
+}
+
+impl RecvTimeoutError {
+    /// True for [`RecvTimeoutError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RecvTimeoutError::Timeout)
+    }
+    /// True for [`RecvTimeoutError::Disconnected`].
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, RecvTimeoutError::Disconnected)
+    }
+}
+
+impl From<RecvError> for RecvTimeoutError {
+    fn from(e: RecvError) -> Self {
+        match e {
+            RecvError::Disconnected => RecvTimeoutError::Disconnected,
+            RecvError::Corrupted { seq } => RecvTimeoutError::Corrupted { seq },
+        }
+    }
+}
+
+impl From<RecvError> for TryRecvError {
+    fn from(e: RecvError) -> Self {
+        match e {
+            RecvError::Disconnected => TryRecvError::Disconnected,
+            RecvError::Corrupted { seq } => TryRecvError::Corrupted { seq },
+        }
+    }
+}
+
+/// A frame shape does not fit the ring.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// Wrong number of dimensions.
+    #[error("shape {got:?} has {} dimensions, the ring has {expected}", got.len())]
+    WrongRank {
+        /// The ring's number of dimensions.
+        expected: usize,
+        /// The shape given.
+        got: Vec<usize>,
+    },
+    /// A dimension exceeds the ring's max shape.
+    #[error("shape {got:?} does not fit the ring's max shape {max:?}")]
+    TooLarge {
+        /// The ring's max shape.
+        max: Vec<usize>,
+        /// The shape given.
+        got: Vec<usize>,
+    },
+}

@@ -1,0 +1,637 @@
+//! Creating and opening rings: [`RingBuilder`], [`Ring`].
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::{Dimension, IxDyn};
+
+use super::core::Role;
+use super::layout::{
+    self, Backpressure, Creator, HeaderError, Layout, Mode, HEADER_BYTES, LAYOUT_VERSION,
+};
+use super::reader::Reader;
+use super::shared::{peer_pid, peer_status, ps, Shared};
+use super::wait;
+use super::writer::Writer;
+use crate::array::{DType, Element};
+use crate::error::{AttachError, CreateError, OpenError};
+use crate::primitive::Ordering::*;
+use crate::shm::{Segment, SegmentCreateError, SegmentOpenError};
+use crate::sync::semaphore::Semaphore;
+use crate::sys;
+
+/// Default number of slots.
+pub const DEFAULT_SLOTS: u32 = 8;
+/// Default maximum number of readers.
+pub const DEFAULT_MAX_READERS: u32 = 4;
+/// Default maximum number of writers of a queue ring (a broadcast ring has one).
+pub const DEFAULT_MAX_WRITERS: u32 = 4;
+/// Default permissions of a new segment: owner read/write only.
+pub const DEFAULT_PERMISSIONS: u32 = 0o600;
+
+/// Settings for a new ring. Made by [`Ring::create`].
+///
+/// # Examples
+///
+/// ```
+/// use shmflow::{Backpressure, Mode, Ring};
+/// # let name = format!("doc-builder-{}", std::process::id());
+/// let ring = Ring::<u8>::create(&name)
+///     .shape([480, 640, 3])
+///     .slots(4)
+///     .mode(Mode::Broadcast(Backpressure::DropOldest))
+///     .build()?;
+/// assert_eq!(ring.info().max_shape, [480, 640, 3]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a RingBuilder does nothing until .build()"]
+pub struct RingBuilder<T: Element, D: Dimension = IxDyn> {
+    name: String,
+    shape: Vec<usize>,
+    slots: u32,
+    mode: Mode,
+    max_readers: u32,
+    max_writers: Option<u32>,
+    permissions: u32,
+    _t: PhantomData<fn() -> (T, D)>,
+}
+
+impl<T: Element, D: Dimension> RingBuilder<T, D> {
+    /// The largest frame shape (each frame may use a smaller one). Required.
+    pub fn shape(mut self, shape: impl AsRef<[usize]>) -> Self {
+        self.shape = shape.as_ref().to_vec();
+        self
+    }
+
+    /// Number of slots (default [`DEFAULT_SLOTS`]).
+    pub fn slots(mut self, slots: u32) -> Self {
+        self.slots = slots;
+        self
+    }
+
+    /// Delivery mode (default: broadcast, lossless).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Maximum number of readers attached at once (default [`DEFAULT_MAX_READERS`]).
+    pub fn max_readers(mut self, n: u32) -> Self {
+        self.max_readers = n;
+        self
+    }
+
+    /// Maximum number of writers attached at once (queue mode; default
+    /// [`DEFAULT_MAX_WRITERS`]; broadcast rings always have one).
+    pub fn max_writers(mut self, n: u32) -> Self {
+        self.max_writers = Some(n);
+        self
+    }
+
+    /// File mode of the segment (default `0o600`; `0o660` shares it with the group).
+    pub fn permissions(mut self, mode: u32) -> Self {
+        self.permissions = mode & 0o777;
+        self
+    }
+
+    fn layout(&self) -> Result<Layout, CreateError> {
+        let writers = match (self.mode, self.max_writers) {
+            (_, Some(n)) => n,
+            (Mode::Queue, None) => DEFAULT_MAX_WRITERS,
+            (Mode::Broadcast(_), None) => 1,
+        };
+        if let Some(n) = D::NDIM {
+            if n != self.shape.len() {
+                return Err(CreateError::Layout(layout::LayoutError::BadRank(
+                    self.shape.len(),
+                )));
+            }
+        }
+        Ok(Layout::compute(
+            T::DTYPE,
+            &self.shape,
+            self.slots,
+            self.mode,
+            self.max_readers,
+            writers,
+        )?)
+    }
+
+    /// Creates the segment (exclusively: an existing name is an error) and returns the ring.
+    /// The returned [`Ring`] owns the segment and unlinks it when the last handle to it
+    /// (including writers and readers made from it) is dropped, unless
+    /// [`Ring::release_ownership`] is called.
+    ///
+    /// # Errors
+    ///
+    /// [`CreateError::InvalidName`], [`CreateError::Layout`] (zero or too many dimensions,
+    /// slots or peers; too large), [`CreateError::AlreadyExists`],
+    /// [`CreateError::PermissionDenied`], [`CreateError::Io`] (e.g. `/dev/shm` full).
+    pub fn build(self) -> Result<Ring<T, D>, CreateError> {
+        let layout = self.layout()?;
+        let name = self.name.clone();
+        let segment = Segment::create(&name, layout.total_size as usize).map_err(|e| match e {
+            SegmentCreateError::Name(n) => CreateError::InvalidName(n),
+            SegmentCreateError::AlreadyExists => CreateError::AlreadyExists { name: name.clone() },
+            SegmentCreateError::PermissionDenied => {
+                CreateError::PermissionDenied { name: name.clone() }
+            }
+            SegmentCreateError::NoSpace { len } => CreateError::NoSpace {
+                name: name.clone(),
+                bytes: len,
+            },
+            SegmentCreateError::Io(source) => CreateError::Io {
+                name: name.clone(),
+                source,
+            },
+        })?;
+        let pid = sys::getpid();
+        let creator = Creator {
+            pid,
+            start_time: sys::process_start_time(pid).unwrap_or(0),
+            created_unix_ns: sys::realtime_ns(),
+            doorbell_token: sys::random_u64(),
+        };
+        // SAFETY: the segment was just created with exactly total_size bytes (ftruncate zero-
+        // fills it), page-aligned by mmap; the layout was computed by Layout::compute.
+        let shared = unsafe { Shared::from_segment(layout.clone(), segment) };
+        layout.write_header(shared.header(), creator);
+        shared.init_slots();
+        init_semaphores(&shared).map_err(|source| CreateError::Io {
+            name: name.clone(),
+            source,
+        })?;
+        shared.header().ready.store(LAYOUT_VERSION, Release);
+        let seg = shared.segment().expect("segment-backed ring");
+        seg.publish(self.permissions)
+            .map_err(|source| CreateError::Io {
+                name: name.clone(),
+                source,
+            })?;
+        Ok(Ring::from_parts(shared, name, creator))
+    }
+
+    /// Creates a ring in this process's memory instead of a named segment: for threads, and
+    /// for tests of code that uses rings. The name is only a label.
+    ///
+    /// # Errors
+    ///
+    /// [`CreateError::Layout`] as for [`RingBuilder::build`]; [`CreateError::Io`] if a
+    /// semaphore cannot be initialised.
+    pub fn build_in_process(self) -> Result<Ring<T, D>, CreateError> {
+        let layout = self.layout()?;
+        let pid = sys::getpid();
+        let creator = Creator {
+            pid,
+            start_time: sys::process_start_time(pid).unwrap_or(0),
+            created_unix_ns: sys::realtime_ns(),
+            doorbell_token: sys::random_u64(),
+        };
+        let shared = Shared::heap(layout.clone());
+        layout.write_header(shared.header(), creator);
+        init_semaphores(&shared).map_err(|source| CreateError::Io {
+            name: self.name.clone(),
+            source,
+        })?;
+        shared.header().ready.store(LAYOUT_VERSION, Release);
+        Ok(Ring::from_parts(shared, self.name, creator))
+    }
+}
+
+fn init_semaphores(shared: &Shared) -> std::io::Result<()> {
+    for i in 0..shared.layout.max_peers() {
+        // SAFETY: the peer entry's semaphore storage is 32 bytes, 8-aligned (offset 64 of a
+        // 128-byte entry in a page-aligned table), inside memory we own, and nobody else can
+        // use it before the ready word is published.
+        unsafe { Semaphore::init(shared.sem_ptr(i), 0)? };
+    }
+    Ok(())
+}
+
+/// What the header of a ring says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RingInfo {
+    /// The ring's name (without the `/dev/shm/shmflow.` prefix).
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Largest frame shape.
+    pub max_shape: Vec<usize>,
+    /// Number of slots.
+    pub slots: u32,
+    /// Delivery mode.
+    pub mode: Mode,
+    /// Maximum readers attached at once.
+    pub max_readers: u32,
+    /// Maximum writers attached at once.
+    pub max_writers: u32,
+    /// Bytes of a max-shape frame.
+    pub slot_bytes: u64,
+    /// Distance between slot payloads.
+    pub slot_stride: u64,
+    /// Size of the whole segment.
+    pub total_size: u64,
+    /// Pid of the process that created the ring.
+    pub creator_pid: u32,
+    /// Whether that process is still alive (checked with its start time).
+    pub creator_alive: bool,
+    /// When the ring was created (ns since the Unix epoch).
+    pub created_unix_ns: u64,
+}
+
+/// One attached peer, as [`Ring::status`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStatus {
+    /// Index in the peer table.
+    pub index: usize,
+    /// Its process.
+    pub pid: u32,
+    /// Whether the process is alive.
+    pub alive: bool,
+    /// Frames read (reader) or committed (writer).
+    pub frames: u64,
+    /// Broadcast reader: next sequence it reads.
+    pub cursor: u64,
+    /// Broadcast reader: frames it missed (drop-oldest).
+    pub missed: u64,
+}
+
+/// A snapshot of a ring's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RingStatus {
+    /// Frames committed so far (broadcast), or the enqueue position (queue).
+    pub write_seq: u64,
+    /// Queue: the dequeue position.
+    pub read_seq: u64,
+    /// Frames committed but not read yet by the slowest reader (broadcast) or any (queue).
+    pub backlog: u64,
+    /// Attached readers.
+    pub readers: Vec<PeerStatus>,
+    /// Attached writers.
+    pub writers: Vec<PeerStatus>,
+    /// Queue: frames lost because their reader died holding them.
+    pub lost: u64,
+    /// Queue: sequences abandoned by writers that died or dropped an uncommitted slot.
+    pub abandoned: u64,
+}
+
+pub(crate) struct RingInner {
+    pub shared: Shared,
+    pub name: String,
+    pub creator: Creator,
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// A handle to a ring: create or open one, then make [`Writer`]s and [`Reader`]s from it.
+///
+/// `T` is the element type; `D` the dimensionality of the views (`IxDyn` by default, or a fixed
+/// `Ix1`…`Ix6`). Cloning is cheap (a reference count). The segment stays mapped while any
+/// handle, writer or reader made from it lives.
+///
+/// # Examples
+///
+/// ```
+/// use shmflow::Ring;
+/// # let name = format!("doc-ring-{}", std::process::id());
+/// let ring = Ring::<f32>::create(&name).shape([4, 4]).build()?;
+/// let mut reader = Ring::<f32>::open(&name)?.reader()?;
+/// let mut writer = ring.writer()?;
+///
+/// let mut slot = writer.reserve()?;
+/// slot.view_mut().fill(1.5);
+/// slot.commit();
+///
+/// let frame = reader.recv()?;
+/// assert_eq!(frame.sum(), 24.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Ring<T: Element, D: Dimension = IxDyn> {
+    pub(crate) inner: Arc<RingInner>,
+    _t: PhantomData<fn() -> (T, D)>,
+}
+
+impl<T: Element, D: Dimension> Clone for Ring<T, D> {
+    fn clone(&self) -> Self {
+        Ring {
+            inner: self.inner.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Element, D: Dimension> std::fmt::Debug for Ring<T, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("name", &self.inner.name)
+            .field("dtype", &self.inner.shared.layout.dtype)
+            .field("max_shape", &self.inner.shared.layout.max_shape)
+            .field("mode", &self.inner.shared.layout.mode)
+            .finish()
+    }
+}
+
+/// How long `open` waits for a creator that is still initialising the segment.
+const OPEN_READY_WAIT: Duration = Duration::from_secs(1);
+
+impl<T: Element, D: Dimension> Ring<T, D> {
+    /// Starts building a new ring named `name` (see [`RingBuilder`]).
+    pub fn create(name: &str) -> RingBuilder<T, D> {
+        RingBuilder {
+            name: name.to_owned(),
+            shape: Vec::new(),
+            slots: DEFAULT_SLOTS,
+            mode: Mode::Broadcast(Backpressure::Block),
+            max_readers: DEFAULT_MAX_READERS,
+            max_writers: None,
+            permissions: DEFAULT_PERMISSIONS,
+            _t: PhantomData,
+        }
+    }
+
+    fn from_parts(shared: Shared, name: String, creator: Creator) -> Self {
+        let pid = sys::getpid();
+        Ring {
+            inner: Arc::new(RingInner {
+                shared,
+                name,
+                creator,
+                pid,
+                start_time: sys::process_start_time(pid).unwrap_or(0),
+            }),
+            _t: PhantomData,
+        }
+    }
+
+    /// Opens an existing ring by name, from any process of a user allowed to.
+    ///
+    /// Every header field is checked against the segment's real size before anything but the
+    /// header is touched; a foreign, truncated or corrupted segment is an error, never a panic.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::InvalidName`], [`OpenError::NotFound`], [`OpenError::PermissionDenied`],
+    /// [`OpenError::NotARing`], [`OpenError::VersionMismatch`], [`OpenError::NotReady`],
+    /// [`OpenError::Truncated`], [`OpenError::Corrupted`], [`OpenError::LayoutMismatch`] (the
+    /// ring's dtype is not `T`, or its number of dimensions is not `D`'s), [`OpenError::Io`].
+    pub fn open(name: &str) -> Result<Self, OpenError> {
+        let (segment, stat) = Segment::open(name, HEADER_BYTES as usize).map_err(|e| match e {
+            SegmentOpenError::Name(n) => OpenError::InvalidName(n),
+            SegmentOpenError::NotFound => OpenError::NotFound { name: name.into() },
+            SegmentOpenError::PermissionDenied => OpenError::PermissionDenied { name: name.into() },
+            SegmentOpenError::TooSmall { size, min } => {
+                if size == 0 {
+                    OpenError::NotReady { name: name.into() }
+                } else {
+                    OpenError::Truncated {
+                        name: name.into(),
+                        size,
+                        expected: min,
+                    }
+                }
+            }
+            SegmentOpenError::Io(source) => OpenError::Io {
+                name: name.into(),
+                source,
+            },
+        })?;
+        // SAFETY: the mapping is at least HEADER_BYTES long and page-aligned; Header is 256
+        // bytes of atomics, valid for any bit pattern.
+        let header = unsafe { &*(segment.as_ptr() as *const layout::Header) };
+        let started = Instant::now();
+        while header.ready.load(Acquire) == 0 {
+            // A creator zero-fills the segment and writes the magic before the ready word, so
+            // anything but 0 or our magic means a foreign object.
+            let magic = header.magic.load(Relaxed);
+            if magic != 0 && magic != layout::MAGIC {
+                return Err(OpenError::NotARing { name: name.into() });
+            }
+            if started.elapsed() > OPEN_READY_WAIT {
+                return Err(OpenError::NotReady { name: name.into() });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (layout, creator) = Layout::from_header(header, stat.size).map_err(|e| match e {
+            HeaderError::BadMagic => OpenError::NotARing { name: name.into() },
+            HeaderError::Version(found) => OpenError::VersionMismatch {
+                name: name.into(),
+                found,
+                expected: LAYOUT_VERSION,
+            },
+            HeaderError::Corrupt(what) => OpenError::Corrupted {
+                name: name.into(),
+                what: what.into(),
+            },
+            HeaderError::Params(p) => OpenError::Corrupted {
+                name: name.into(),
+                what: p.to_string(),
+            },
+            HeaderError::Truncated { size, expected } => OpenError::Truncated {
+                name: name.into(),
+                size,
+                expected,
+            },
+        })?;
+        let rank_ok = D::NDIM.is_none_or(|n| n == layout.max_shape.len());
+        if layout.dtype != T::DTYPE || !rank_ok {
+            return Err(OpenError::LayoutMismatch {
+                name: name.into(),
+                expected: match D::NDIM {
+                    Some(n) => format!("{} with {n} dimensions", T::DTYPE),
+                    None => format!("{}", T::DTYPE),
+                },
+                found: format!("{} {:?}", layout.dtype, layout.max_shape),
+            });
+        }
+        if (segment.len() as u64) < layout.total_size {
+            return Err(OpenError::Truncated {
+                name: name.into(),
+                size: segment.len() as u64,
+                expected: layout.total_size,
+            });
+        }
+        // SAFETY: the mapping covers total_size bytes (checked just above) and the layout was
+        // recomputed by Layout::compute from validated parameters.
+        let shared = unsafe { Shared::from_segment(layout, segment) };
+        Ok(Ring::from_parts(shared, name.to_owned(), creator))
+    }
+
+    /// Removes the segment named `name` (like `shm_unlink`): processes that have it open keep
+    /// using it; new opens fail.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::InvalidName`], [`OpenError::NotFound`], [`OpenError::PermissionDenied`],
+    /// [`OpenError::Io`].
+    pub fn remove(name: &str) -> Result<(), OpenError> {
+        Segment::unlink(name).map_err(|e| match e {
+            SegmentOpenError::Name(n) => OpenError::InvalidName(n),
+            SegmentOpenError::NotFound => OpenError::NotFound { name: name.into() },
+            SegmentOpenError::PermissionDenied => OpenError::PermissionDenied { name: name.into() },
+            SegmentOpenError::TooSmall { size, min } => OpenError::Truncated {
+                name: name.into(),
+                size,
+                expected: min,
+            },
+            SegmentOpenError::Io(source) => OpenError::Io {
+                name: name.into(),
+                source,
+            },
+        })
+    }
+
+    /// The ring's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// What the header says.
+    pub fn info(&self) -> RingInfo {
+        let l = &self.inner.shared.layout;
+        let c = self.inner.creator;
+        RingInfo {
+            name: self.inner.name.clone(),
+            dtype: l.dtype,
+            max_shape: l.max_shape.clone(),
+            slots: l.slot_count,
+            mode: l.mode,
+            max_readers: l.max_readers,
+            max_writers: l.max_writers,
+            slot_bytes: l.slot_bytes,
+            slot_stride: l.slot_stride,
+            total_size: l.total_size,
+            creator_pid: c.pid,
+            creator_alive: sys::pid_alive(c.pid, c.start_time),
+            created_unix_ns: c.created_unix_ns,
+        }
+    }
+
+    /// A snapshot of cursors, attached peers and counters.
+    pub fn status(&self) -> RingStatus {
+        let s = &self.inner.shared;
+        let c = s.control();
+        let peers = |role| {
+            s.peers_of(role)
+                .filter_map(|i| {
+                    let e = s.peer(i);
+                    let state = e.state.load(Acquire);
+                    if peer_status(state) == ps::FREE {
+                        return None;
+                    }
+                    let pid = peer_pid(state);
+                    Some(PeerStatus {
+                        index: i,
+                        pid,
+                        alive: peer_status(state) != ps::RECLAIMING
+                            && sys::pid_alive(pid, e.start_time.load(Relaxed)),
+                        frames: e.frames.load(Relaxed),
+                        cursor: e.cursor.load(Relaxed),
+                        missed: e.missed.load(Relaxed),
+                    })
+                })
+                .collect()
+        };
+        RingStatus {
+            write_seq: c.write_seq.v.load(Acquire),
+            read_seq: c.read_seq.v.load(Acquire),
+            backlog: s.backlog(),
+            readers: peers(Role::Reader),
+            writers: peers(Role::Writer),
+            lost: c.lost.load(Relaxed),
+            abandoned: c.abandoned.load(Relaxed),
+        }
+    }
+
+    /// Checks every attached peer and reclaims those whose process is dead. Returns how many.
+    /// Waiting endpoints do this on their own every liveness interval; `shmflow gc` and
+    /// monitoring tools call it directly.
+    pub fn reclaim_dead_peers(&self) -> usize {
+        let s = &self.inner.shared;
+        let mut alive = wait::peer_alive(self.inner.pid);
+        s.reclaim_dead(Role::Reader, None, &mut alive)
+            + s.reclaim_dead(Role::Writer, None, &mut alive)
+    }
+
+    /// Keeps the segment when this handle (and everything made from it) is dropped. Only the
+    /// creator owns a segment; on other handles this does nothing.
+    pub fn release_ownership(&self) {
+        if let Some(seg) = self.inner.shared.segment() {
+            seg.set_owner(false);
+        }
+    }
+
+    /// Whether dropping the last handle unlinks the segment.
+    pub fn is_owner(&self) -> bool {
+        self.inner.shared.segment().is_some_and(|s| s.is_owner())
+    }
+
+    /// Attaches a writer.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::TooManyWriters`] when every writer entry is held by a live process (a
+    /// broadcast ring has one); dead holders are reclaimed first.
+    pub fn writer(&self) -> Result<Writer<T, D>, AttachError> {
+        let (index, generation) = self.claim(Role::Writer)?;
+        self.inner
+            .shared
+            .attach_writer(index, self.inner.pid, generation);
+        Ok(Writer::new(self.clone(), index, generation))
+    }
+
+    /// Attaches a reader. A broadcast reader sees the frames committed after it attached.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::TooManyReaders`] when every reader entry is held by a live process;
+    /// [`AttachError::Io`] if the doorbell socket cannot be created.
+    pub fn reader(&self) -> Result<Reader<T, D>, AttachError> {
+        let (index, generation) = self.claim(Role::Reader)?;
+        Reader::new(self.clone(), index, generation)
+    }
+
+    fn claim(&self, role: Role) -> Result<(usize, u32), AttachError> {
+        let s = &self.inner.shared;
+        let (pid, start) = (self.inner.pid, self.inner.start_time);
+        if let Some(c) = s.claim_peer(role, pid, start) {
+            return Ok(c);
+        }
+        let mut alive = wait::peer_alive(pid);
+        if s.reclaim_dead(role, None, &mut alive) > 0 {
+            if let Some(c) = s.claim_peer(role, pid, start) {
+                return Ok(c);
+            }
+        }
+        Err(match role {
+            Role::Reader => AttachError::TooManyReaders {
+                max: s.layout.max_readers,
+            },
+            Role::Writer => AttachError::TooManyWriters {
+                max: s.layout.max_writers,
+            },
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+}
+
+/// Names of the rings in `/dev/shm` (segments named `shmflow.*`), sorted.
+///
+/// # Errors
+///
+/// If `/dev/shm` cannot be read.
+pub fn list() -> std::io::Result<Vec<String>> {
+    Segment::list()
+}
+
+/// Converts a `Duration` timeout into a monotonic deadline in ns (saturating).
+pub(crate) fn deadline_after(timeout: Duration) -> u64 {
+    sys::monotonic_ns().saturating_add(timeout.as_nanos().min(u128::from(u64::MAX)) as u64)
+}

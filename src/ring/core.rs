@@ -1,0 +1,772 @@
+//! The ring protocol: index and slot-state logic, free of syscalls so loom can check it.
+//!
+//! # Stamps
+//!
+//! Each slot has a 64-bit *stamp*, `seq << 16 | owner << 4 | state`, where `seq` is a frame
+//! sequence number (48 bits), `owner` a peer-table index (12 bits) and `state` one of
+//! EMPTY, WRITING, FULL, READING, ABANDONED. Every transition of a slot is a single atomic
+//! store or compare-and-swap of its stamp, so a process killed at any instruction leaves each
+//! slot in a well-defined state that names the (dead) peer responsible for it.
+//!
+//! # Broadcast (one writer, every reader sees every frame)
+//!
+//! `write_seq` counts committed frames. The writer puts frame `s` into slot `s % N` (drop-oldest
+//! may pick another slot, see below), marks it `WRITING(s)`, fills it, stores `FULL(s)` with
+//! Release and then `write_seq = s + 1`. Each reader has a private `cursor` (the next sequence it
+//! wants, or the one it holds): it finds the slot stamped `FULL(cursor)`, reads it in place, and
+//! on release stores `cursor + 1`.
+//!
+//! * **Block** (lossless): before reusing the slot of frame `s - N`, the writer checks that
+//!   every ACTIVE reader's cursor is above `s - N`; if not, it waits. A reader that attaches
+//!   stores its cursor and then re-reads `write_seq` (both SeqCst), so either the writer sees the
+//!   new cursor or the reader sees the writer's progress and starts later (a Dekker handshake).
+//! * **DropOldest** (live): the writer never waits for cursors. A reader *pins* the slot it reads
+//!   (`pin = (slot + 1) << 48 | seq`, SeqCst) and then re-checks the stamp; the writer marks a
+//!   slot WRITING (SeqCst) and then checks the pins, restoring the stamp and trying the
+//!   next-oldest slot when the frame there is pinned. One of the two always sees the other, so
+//!   a frame is never overwritten while read, and the writer finds a free slot whenever there
+//!   are more slots than readers. A reader looks for `FULL(cursor)` in slot `cursor % N` and
+//!   otherwise takes the oldest frame above its cursor, adding the gap to its missed count.
+//!
+//! # Queue (several writers, each frame to exactly one reader)
+//!
+//! A bounded MPMC queue after D. Vyukov, with the claim moved into the slot stamp so that a
+//! crash leaves evidence: slot `s % N` is `EMPTY(s)` when it waits for frame `s`. A writer
+//! claims it with a CAS `EMPTY(s) -> WRITING(s, me)` and then advances `write_seq` (others help
+//! advance it when they see the slot already claimed); it commits with `FULL(s)`. A reader
+//! claims `FULL(s) -> READING(s, me)`, advances `read_seq`, and releases with `EMPTY(s + N)`.
+//! A writer that dies or discards its slot leaves `ABANDONED(s)`, which readers skip.
+//!
+//! # Dead peers
+//!
+//! Peers register in the peer table with their pid and its start time. [`Shared::reclaim`]
+//! turns a dead peer's entry RECLAIMING, releases what it held (queue slots it was writing
+//! become ABANDONED, slots it was reading become EMPTY and count as lost, its pin is cleared),
+//! then frees the entry. Liveness is a parameter (a closure) so this module stays free of
+//! syscalls.
+
+use super::layout::{Backpressure, Mode};
+use super::shared::{
+    peer_gen, peer_pid, peer_state, peer_status, ps, st, stamp, stamp_owner, stamp_seq,
+    stamp_state, Shared, SEQ_LIMIT,
+};
+use crate::primitive::{fence, Ordering::*};
+
+/// A slot handed to a writer or a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// Slot index.
+    pub slot: usize,
+    /// Frame sequence number.
+    pub seq: u64,
+    /// Reader: frames skipped just before this one. Writer: the stamp the slot had before.
+    pub extra: u64,
+}
+
+/// Which half of the peer table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Reader,
+    Writer,
+}
+
+/// Why a writer cannot reserve right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// The ring is full (queue), or the slowest reader holds the slot (block), or every slot is
+    /// pinned (drop-oldest).
+    Full,
+    /// 2^48 frames were written: the sequence space is exhausted.
+    Exhausted,
+}
+
+/// How many times a lock-free loop retries before it reports "not ready": a peer that writes
+/// garbage into the segment can make us lose a race, never spin forever.
+const RETRIES: usize = 1 << 12;
+
+impl Shared {
+    fn n(&self) -> u64 {
+        u64::from(self.layout.slot_count)
+    }
+
+    fn slot_of(&self, seq: u64) -> usize {
+        (seq % self.n()) as usize
+    }
+
+    /// Index range of a role in the peer table.
+    pub(crate) fn peers_of(&self, role: Role) -> std::ops::Range<usize> {
+        let r = self.layout.max_readers as usize;
+        match role {
+            Role::Reader => 0..r,
+            Role::Writer => r..self.layout.max_peers(),
+        }
+    }
+
+    // ---------------------------------------------------------------- peer table
+
+    /// Takes a FREE entry of `role` for `pid`: returns its index and generation. The entry is
+    /// CLAIMING until [`Shared::activate`].
+    pub(crate) fn claim_peer(&self, role: Role, pid: u32, start_time: u64) -> Option<(usize, u32)> {
+        for i in self.peers_of(role) {
+            let e = self.peer(i);
+            let cur = e.state.load(Acquire);
+            if peer_status(cur) != ps::FREE {
+                continue;
+            }
+            let generation = peer_gen(cur).wrapping_add(1) & 0xFF_FFFF;
+            let claimed = peer_state(pid, generation, ps::CLAIMING);
+            if e.state
+                .compare_exchange(cur, claimed, AcqRel, Relaxed)
+                .is_ok()
+            {
+                e.start_time.store(start_time, Relaxed);
+                e.cursor.store(0, Relaxed);
+                e.pin.store(0, Relaxed);
+                e.flags.store(0, Relaxed);
+                e.missed.store(0, Relaxed);
+                e.frames.store(0, Relaxed);
+                return Some((i, generation));
+            }
+        }
+        None
+    }
+
+    /// CLAIMING -> ACTIVE.
+    pub(crate) fn activate(&self, i: usize, pid: u32, generation: u32) {
+        self.peer(i)
+            .state
+            .store(peer_state(pid, generation, ps::ACTIVE), SeqCst);
+    }
+
+    /// Detaches a peer cleanly: ACTIVE/CLAIMING -> FREE (keeping the generation). Returns false
+    /// when the entry is no longer ours (it was reclaimed as dead).
+    pub(crate) fn release_peer(&self, i: usize, pid: u32, generation: u32) -> bool {
+        let e = self.peer(i);
+        e.pin.store(0, Release);
+        for status in [ps::ACTIVE, ps::CLAIMING] {
+            let cur = peer_state(pid, generation, status);
+            if e.state
+                .compare_exchange(cur, peer_state(0, generation, ps::FREE), AcqRel, Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Attaches reader `i` (CLAIMING) and makes it ACTIVE with a cursor at the next frame.
+    pub(crate) fn attach_reader(&self, i: usize, pid: u32, generation: u32) {
+        let e = self.peer(i);
+        let c = &self.control().write_seq.v;
+        let mut cursor = c.load(SeqCst);
+        e.cursor.store(cursor, SeqCst);
+        self.activate(i, pid, generation);
+        if self.layout.mode == Mode::Broadcast(Backpressure::Block) {
+            // Dekker with `bcast_try_reserve`: if the writer reserved frame `cursor + N` (which
+            // reuses the slot of `cursor`) without seeing us, we see that here and start later.
+            loop {
+                let w = c.load(SeqCst);
+                if w < cursor + self.n() {
+                    break;
+                }
+                cursor = w;
+                e.cursor.store(cursor, SeqCst);
+            }
+        }
+        self.control().reader_attaches.fetch_add(1, Relaxed);
+    }
+
+    /// Attaches writer `i` (CLAIMING) and makes it ACTIVE.
+    pub(crate) fn attach_writer(&self, i: usize, pid: u32, generation: u32) {
+        if matches!(self.layout.mode, Mode::Broadcast(_)) {
+            // A previous writer may have died mid-frame: its slot is WRITING and was never
+            // published. Nobody reads WRITING slots, so we just mark it EMPTY.
+            for s in 0..self.layout.slot_count as usize {
+                let m = self.meta(s);
+                let v = m.stamp.load(Acquire);
+                if stamp_state(v) == st::WRITING {
+                    let _ = m.stamp.compare_exchange(
+                        v,
+                        stamp(stamp_seq(v), i, st::EMPTY),
+                        AcqRel,
+                        Relaxed,
+                    );
+                }
+            }
+        }
+        self.activate(i, pid, generation);
+        self.control().writer_attaches.fetch_add(1, SeqCst);
+    }
+
+    /// True when at least one writer attached once and none is attached now (alive or not yet
+    /// found dead).
+    pub(crate) fn writers_gone(&self) -> bool {
+        if self.control().writer_attaches.load(SeqCst) == 0 {
+            return false;
+        }
+        !self.peers_of(Role::Writer).any(|i| {
+            let s = self.peer(i).state.load(SeqCst);
+            matches!(peer_status(s), ps::CLAIMING | ps::ACTIVE)
+        })
+    }
+
+    /// Checks every attached peer of `role` (other than `me`) with `alive(pid, start_time)` and
+    /// reclaims the dead ones. Returns how many were reclaimed.
+    pub(crate) fn reclaim_dead(
+        &self,
+        role: Role,
+        me: Option<usize>,
+        alive: &mut dyn FnMut(u32, u64) -> bool,
+    ) -> usize {
+        let mut n = 0;
+        for i in self.peers_of(role) {
+            if Some(i) == me {
+                continue;
+            }
+            let e = self.peer(i);
+            let s = e.state.load(Acquire);
+            if peer_status(s) == ps::FREE {
+                continue;
+            }
+            let start = e.start_time.load(Relaxed);
+            if !alive(peer_pid(s), start) && self.reclaim(i, s) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Releases everything peer `i` (observed with state word `observed`) held, then frees the
+    /// entry. Idempotent; several processes may reclaim the same peer at once.
+    pub(crate) fn reclaim(&self, i: usize, observed: u64) -> bool {
+        let e = self.peer(i);
+        let status = peer_status(observed);
+        let (pid, generation) = (peer_pid(observed), peer_gen(observed));
+        let reclaiming = peer_state(pid, generation, ps::RECLAIMING);
+        if status == ps::FREE {
+            return false;
+        }
+        if status != ps::RECLAIMING
+            && e.state
+                .compare_exchange(observed, reclaiming, AcqRel, Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        e.pin.store(0, SeqCst);
+        if self.layout.mode == Mode::Queue {
+            let c = self.control();
+            for s in 0..self.layout.slot_count as usize {
+                let m = self.meta(s);
+                let v = m.stamp.load(Acquire);
+                if stamp_owner(v) != i {
+                    continue;
+                }
+                let seq = stamp_seq(v);
+                match stamp_state(v) {
+                    st::WRITING => {
+                        if m.stamp
+                            .compare_exchange(v, stamp(seq, i, st::ABANDONED), AcqRel, Relaxed)
+                            .is_ok()
+                        {
+                            c.abandoned.fetch_add(1, Relaxed);
+                        }
+                    }
+                    st::READING => {
+                        let next = stamp(seq + self.n(), 0, st::EMPTY);
+                        if m.stamp.compare_exchange(v, next, AcqRel, Relaxed).is_ok() {
+                            c.lost.fetch_add(1, Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        e.state
+            .compare_exchange(
+                reclaiming,
+                peer_state(0, generation, ps::FREE),
+                AcqRel,
+                Relaxed,
+            )
+            .is_ok()
+    }
+
+    // ---------------------------------------------------------------- broadcast writer
+
+    /// Reserves the slot for the next frame (writer `w`). On success the slot is WRITING(s, w)
+    /// and `extra` holds the stamp it had before.
+    pub(crate) fn bcast_try_reserve(&self, w: usize) -> Result<Grant, Blocked> {
+        let s = self.control().write_seq.v.load(Relaxed);
+        if s >= SEQ_LIMIT - 1 {
+            return Err(Blocked::Exhausted);
+        }
+        let n = self.n();
+        match self.layout.mode {
+            Mode::Broadcast(Backpressure::DropOldest) => self.bcast_pick_unpinned(w, s),
+            _ => {
+                if s >= n {
+                    let need = s - n + 1;
+                    for r in self.peers_of(Role::Reader) {
+                        let e = self.peer(r);
+                        if peer_status(e.state.load(SeqCst)) == ps::ACTIVE
+                            && e.cursor.load(SeqCst) < need
+                        {
+                            return Err(Blocked::Full);
+                        }
+                    }
+                }
+                let slot = self.slot_of(s);
+                let m = self.meta(slot);
+                let prev = m.stamp.load(Relaxed);
+                m.stamp.store(stamp(s, w, st::WRITING), SeqCst);
+                Ok(Grant {
+                    slot,
+                    seq: s,
+                    extra: prev,
+                })
+            }
+        }
+    }
+
+    /// Drop-oldest slot choice: the slot holding the oldest frame that nobody reads. Slot
+    /// `s % N` holds frame `s - N` unless an earlier reservation skipped a pinned slot, so it
+    /// is tried first; otherwise all slots are ranked, empty ones first, then oldest frame first.
+    fn bcast_pick_unpinned(&self, w: usize, s: u64) -> Result<Grant, Blocked> {
+        let n = self.layout.slot_count as usize;
+        let key = |i: usize| {
+            let v = self.meta(i).stamp.load(Relaxed);
+            if stamp_state(v) == st::FULL {
+                stamp_seq(v) + 1
+            } else {
+                0
+            }
+        };
+        let preferred = self.slot_of(s);
+        let pk = key(preferred);
+        let natural = pk == 0 || pk + self.n() == s + 1;
+        if natural {
+            if let Some(g) = self.bcast_try_slot(w, s, preferred) {
+                return Ok(g);
+            }
+        }
+        let mut order: Vec<(u64, usize)> = (0..n)
+            .filter(|&i| !(natural && i == preferred))
+            .map(|i| (key(i), i))
+            .collect();
+        order.sort_unstable();
+        for (_, slot) in order {
+            if let Some(g) = self.bcast_try_slot(w, s, slot) {
+                return Ok(g);
+            }
+        }
+        Err(Blocked::Full)
+    }
+
+    /// Marks `slot` WRITING(s) unless a reader has pinned the frame in it (then restores it).
+    fn bcast_try_slot(&self, w: usize, s: u64, slot: usize) -> Option<Grant> {
+        let m = self.meta(slot);
+        let prev = m.stamp.load(Acquire);
+        m.stamp.store(stamp(s, w, st::WRITING), SeqCst);
+        fence(SeqCst);
+        if stamp_state(prev) == st::FULL && self.pinned(slot, stamp_seq(prev)) {
+            m.stamp.store(prev, SeqCst);
+            return None;
+        }
+        Some(Grant {
+            slot,
+            seq: s,
+            extra: prev,
+        })
+    }
+
+    fn pinned(&self, slot: usize, seq: u64) -> bool {
+        let want = pin_value(slot, seq);
+        self.peers_of(Role::Reader)
+            .any(|r| self.peer(r).pin.load(SeqCst) == want)
+    }
+
+    /// Publishes a reserved frame. The caller has filled the payload and the slot metadata.
+    pub(crate) fn bcast_commit(&self, w: usize, g: Grant) {
+        self.meta(g.slot)
+            .stamp
+            .store(stamp(g.seq, w, st::FULL), Release);
+        self.control().write_seq.v.store(g.seq + 1, SeqCst);
+        self.peer(w).frames.fetch_add(1, Relaxed);
+    }
+
+    /// Discards a reservation: nothing is published, the sequence is reused by the next one.
+    /// The slot becomes EMPTY (in drop-oldest its old frame may be partly overwritten).
+    pub(crate) fn bcast_abort(&self, w: usize, g: Grant) {
+        self.meta(g.slot)
+            .stamp
+            .store(stamp(stamp_seq(g.extra), w, st::EMPTY), Release);
+    }
+
+    // ---------------------------------------------------------------- broadcast reader
+
+    /// Next frame for broadcast reader `r`, if one is committed. `extra` = frames skipped.
+    pub(crate) fn bcast_try_acquire(&self, r: usize) -> Option<Grant> {
+        let e = self.peer(r);
+        let ring = &self.control().write_seq.v;
+        let drop_oldest = self.layout.mode == Mode::Broadcast(Backpressure::DropOldest);
+        for _ in 0..RETRIES {
+            let cursor = e.cursor.load(Relaxed);
+            let w = ring.load(Acquire);
+            if cursor >= w {
+                return None;
+            }
+            let fast = self.slot_of(cursor);
+            let v = self.meta(fast).stamp.load(Acquire);
+            let (slot, seq, v) = if stamp_state(v) == st::FULL && stamp_seq(v) == cursor {
+                (fast, cursor, v)
+            } else {
+                // The frame at the cursor is gone (drop-oldest overwrote it, or we were
+                // reclaimed while stalled): take the oldest committed frame after it.
+                match self.oldest_full_from(cursor) {
+                    Some(found) => found,
+                    None => {
+                        crate::primitive::spin_hint();
+                        continue;
+                    }
+                }
+            };
+            if drop_oldest {
+                e.pin.store(pin_value(slot, seq), SeqCst);
+                fence(SeqCst);
+                if self.meta(slot).stamp.load(SeqCst) != v {
+                    e.pin.store(0, Relaxed);
+                    continue;
+                }
+            }
+            let missed = seq - cursor;
+            if missed > 0 {
+                e.missed.fetch_add(missed, Relaxed);
+                e.cursor.store(seq, SeqCst);
+            }
+            return Some(Grant {
+                slot,
+                seq,
+                extra: missed,
+            });
+        }
+        None
+    }
+
+    fn oldest_full_from(&self, cursor: u64) -> Option<(usize, u64, u64)> {
+        let mut best: Option<(usize, u64, u64)> = None;
+        for i in 0..self.layout.slot_count as usize {
+            let v = self.meta(i).stamp.load(Acquire);
+            let seq = stamp_seq(v);
+            if stamp_state(v) == st::FULL && seq >= cursor && best.is_none_or(|b| seq < b.1) {
+                best = Some((i, seq, v));
+            }
+        }
+        best
+    }
+
+    /// Releases a frame held by broadcast reader `r`.
+    pub(crate) fn bcast_release(&self, r: usize, g: Grant) {
+        let e = self.peer(r);
+        e.cursor.store(g.seq + 1, SeqCst);
+        e.pin.store(0, SeqCst);
+        e.frames.fetch_add(1, Relaxed);
+    }
+
+    // ---------------------------------------------------------------- queue
+
+    /// Claims the slot for the next frame (queue writer `w`).
+    pub(crate) fn q_try_reserve(&self, w: usize) -> Result<Grant, Blocked> {
+        let pos = &self.control().write_seq.v;
+        let n = self.n();
+        for _ in 0..RETRIES {
+            let s = pos.load(Acquire);
+            if s >= SEQ_LIMIT - n {
+                return Err(Blocked::Exhausted);
+            }
+            let slot = self.slot_of(s);
+            let m = self.meta(slot);
+            let v = m.stamp.load(Acquire);
+            let (vseq, vst) = (stamp_seq(v), stamp_state(v));
+            if vseq == s && vst == st::EMPTY {
+                if m.stamp
+                    .compare_exchange(v, stamp(s, w, st::WRITING), AcqRel, Relaxed)
+                    .is_ok()
+                {
+                    let _ = pos.compare_exchange(s, s + 1, AcqRel, Relaxed);
+                    return Ok(Grant {
+                        slot,
+                        seq: s,
+                        extra: v,
+                    });
+                }
+            } else if vseq == s {
+                // Claimed by another writer that has not advanced the position yet: help.
+                let _ = pos.compare_exchange(s, s + 1, AcqRel, Relaxed);
+            } else if vseq < s {
+                // Still holds the frame of the previous lap.
+                return Err(Blocked::Full);
+            }
+            // vseq > s: our position was stale; reload.
+        }
+        Err(Blocked::Full)
+    }
+
+    /// Publishes a queue frame. False if the slot was taken from us (we were found dead).
+    pub(crate) fn q_commit(&self, w: usize, g: Grant) -> bool {
+        let ok = self
+            .meta(g.slot)
+            .stamp
+            .compare_exchange(
+                stamp(g.seq, w, st::WRITING),
+                stamp(g.seq, w, st::FULL),
+                SeqCst,
+                Relaxed,
+            )
+            .is_ok();
+        fence(SeqCst);
+        if ok {
+            self.peer(w).frames.fetch_add(1, Relaxed);
+        }
+        ok
+    }
+
+    /// Gives a claimed queue slot up: readers will skip its sequence.
+    pub(crate) fn q_abort(&self, w: usize, g: Grant) {
+        if self
+            .meta(g.slot)
+            .stamp
+            .compare_exchange(
+                stamp(g.seq, w, st::WRITING),
+                stamp(g.seq, w, st::ABANDONED),
+                SeqCst,
+                Relaxed,
+            )
+            .is_ok()
+        {
+            self.control().abandoned.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Takes the next queue frame for reader `r`, skipping abandoned sequences.
+    pub(crate) fn q_try_acquire(&self, r: usize) -> Option<Grant> {
+        let pos = &self.control().read_seq.v;
+        let n = self.n();
+        for _ in 0..RETRIES {
+            let s = pos.load(Acquire);
+            let slot = self.slot_of(s);
+            let m = self.meta(slot);
+            let v = m.stamp.load(Acquire);
+            let (vseq, vst) = (stamp_seq(v), stamp_state(v));
+            if vseq == s {
+                match vst {
+                    st::FULL => {
+                        if m.stamp
+                            .compare_exchange(v, stamp(s, r, st::READING), AcqRel, Relaxed)
+                            .is_ok()
+                        {
+                            let _ = pos.compare_exchange(s, s + 1, AcqRel, Relaxed);
+                            return Some(Grant {
+                                slot,
+                                seq: s,
+                                extra: 0,
+                            });
+                        }
+                    }
+                    st::READING => {
+                        let _ = pos.compare_exchange(s, s + 1, AcqRel, Relaxed);
+                    }
+                    st::ABANDONED => {
+                        let _ = m.stamp.compare_exchange(
+                            v,
+                            stamp(s + n, 0, st::EMPTY),
+                            AcqRel,
+                            Relaxed,
+                        );
+                        let _ = pos.compare_exchange(s, s + 1, AcqRel, Relaxed);
+                    }
+                    // EMPTY(s): no writer yet; WRITING(s): not committed yet.
+                    _ => return None,
+                }
+            } else if vseq > s {
+                // Consumed already; the position is stale: help it along.
+                let _ = pos.compare_exchange(s, s + 1, AcqRel, Relaxed);
+            } else {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Releases a queue frame held by reader `r`: the slot waits for the frame one lap later.
+    pub(crate) fn q_release(&self, r: usize, g: Grant) {
+        let _ = self.meta(g.slot).stamp.compare_exchange(
+            stamp(g.seq, r, st::READING),
+            stamp(g.seq + self.n(), 0, st::EMPTY),
+            SeqCst,
+            Relaxed,
+        );
+        fence(SeqCst);
+        self.peer(r).frames.fetch_add(1, Relaxed);
+    }
+
+    /// Frames committed but not yet taken (queue), or committed and not yet read by the
+    /// slowest reader (broadcast). A snapshot for status displays.
+    pub(crate) fn backlog(&self) -> u64 {
+        let c = self.control();
+        let w = c.write_seq.v.load(Acquire);
+        match self.layout.mode {
+            Mode::Queue => w.saturating_sub(c.read_seq.v.load(Acquire)),
+            Mode::Broadcast(_) => self
+                .peers_of(Role::Reader)
+                .filter(|&r| peer_status(self.peer(r).state.load(Acquire)) == ps::ACTIVE)
+                .map(|r| w.saturating_sub(self.peer(r).cursor.load(Acquire)))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// A drop-oldest reader's pin for frame `seq` in `slot`.
+#[inline]
+pub(crate) fn pin_value(slot: usize, seq: u64) -> u64 {
+    ((slot as u64 + 1) << 48) | (seq & (SEQ_LIMIT - 1))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::array::DType;
+    use crate::ring::layout::Layout;
+
+    fn ring(mode: Mode, slots: u32, readers: u32, writers: u32) -> Shared {
+        Shared::heap(Layout::compute(DType::U8, &[8], slots, mode, readers, writers).unwrap())
+    }
+
+    fn reader(s: &Shared) -> usize {
+        let (i, g) = s.claim_peer(Role::Reader, 1, 0).unwrap();
+        s.attach_reader(i, 1, g);
+        i
+    }
+
+    fn writer(s: &Shared) -> usize {
+        let (i, g) = s.claim_peer(Role::Writer, 1, 0).unwrap();
+        s.attach_writer(i, 1, g);
+        i
+    }
+
+    #[test]
+    fn block_mode_waits_for_slowest_reader() {
+        let s = ring(Mode::Broadcast(Backpressure::Block), 2, 2, 1);
+        let w = writer(&s);
+        let (r1, r2) = (reader(&s), reader(&s));
+        for seq in 0..2 {
+            let g = s.bcast_try_reserve(w).unwrap();
+            assert_eq!(g.seq, seq);
+            s.bcast_commit(w, g);
+        }
+        assert_eq!(s.bcast_try_reserve(w), Err(Blocked::Full));
+        let g = s.bcast_try_acquire(r1).unwrap();
+        s.bcast_release(r1, g);
+        assert_eq!(s.bcast_try_reserve(w), Err(Blocked::Full));
+        let g = s.bcast_try_acquire(r2).unwrap();
+        assert_eq!((g.seq, g.extra), (0, 0));
+        s.bcast_release(r2, g);
+        let g = s.bcast_try_reserve(w).unwrap();
+        assert_eq!(g.seq, 2);
+    }
+
+    #[test]
+    fn drop_oldest_skips_pinned_and_counts_missed() {
+        let s = ring(Mode::Broadcast(Backpressure::DropOldest), 3, 1, 1);
+        let w = writer(&s);
+        let r = reader(&s);
+        let g = s.bcast_try_reserve(w).unwrap();
+        s.bcast_commit(w, g);
+        let held = s.bcast_try_acquire(r).unwrap();
+        assert_eq!(held.seq, 0);
+        // Write 5 more frames while frame 0 is held: its slot must never be chosen.
+        for _ in 0..5 {
+            let g = s.bcast_try_reserve(w).unwrap();
+            assert_ne!(g.slot, held.slot);
+            s.bcast_commit(w, g);
+        }
+        s.bcast_release(r, held);
+        // Frames 1..=3 were overwritten; the oldest left is 4.
+        let g = s.bcast_try_acquire(r).unwrap();
+        assert_eq!((g.seq, g.extra), (4, 3));
+        s.bcast_release(r, g);
+        let g = s.bcast_try_acquire(r).unwrap();
+        assert_eq!((g.seq, g.extra), (5, 0));
+        s.bcast_release(r, g);
+        assert_eq!(s.bcast_try_acquire(r), None);
+    }
+
+    #[test]
+    fn queue_delivers_once_and_reports_full() {
+        let s = ring(Mode::Queue, 2, 2, 2);
+        let (w1, w2) = (writer(&s), writer(&s));
+        let (r1, r2) = (reader(&s), reader(&s));
+        let a = s.q_try_reserve(w1).unwrap();
+        let b = s.q_try_reserve(w2).unwrap();
+        assert_eq!(s.q_try_reserve(w1), Err(Blocked::Full));
+        assert!(s.q_try_acquire(r1).is_none(), "nothing committed yet");
+        assert!(s.q_commit(w2, b));
+        assert!(
+            s.q_try_acquire(r1).is_none(),
+            "frame 0 not committed: order holds"
+        );
+        assert!(s.q_commit(w1, a));
+        let x = s.q_try_acquire(r1).unwrap();
+        let y = s.q_try_acquire(r2).unwrap();
+        assert_eq!((x.seq, y.seq), (0, 1));
+        assert!(s.q_try_acquire(r1).is_none());
+        s.q_release(r1, x);
+        s.q_release(r2, y);
+        assert_eq!(s.q_try_reserve(w1).unwrap().seq, 2);
+    }
+
+    #[test]
+    fn queue_dead_writer_is_skipped_and_dead_reader_freed() {
+        let s = ring(Mode::Queue, 4, 2, 2);
+        let (w1, w2) = (writer(&s), writer(&s));
+        let r = reader(&s);
+        let dead = s.q_try_reserve(w1).unwrap();
+        let g = s.q_try_reserve(w2).unwrap();
+        assert!(s.q_commit(w2, g));
+        assert!(
+            s.q_try_acquire(r).is_none(),
+            "blocked behind the dead writer's slot"
+        );
+        let state = s.peer(w1).state.load(Relaxed);
+        assert!(s.reclaim(w1, state));
+        assert_eq!(s.q_try_acquire(r).unwrap().seq, 1);
+        assert_eq!(s.control().abandoned.load(Relaxed), 1);
+        let _ = dead;
+        // A reader that dies holding a frame: the slot comes back.
+        let g = s.q_try_reserve(w2).unwrap();
+        assert!(s.q_commit(w2, g));
+        let (r2, gen2) = s.claim_peer(Role::Reader, 2, 0).unwrap();
+        s.attach_reader(r2, 2, gen2);
+        let held = s.q_try_acquire(r2).unwrap();
+        let state = s.peer(r2).state.load(Relaxed);
+        assert!(s.reclaim(r2, state));
+        assert_eq!(s.control().lost.load(Relaxed), 1);
+        assert_eq!(
+            stamp_state(s.meta(held.slot).stamp.load(Relaxed)),
+            st::EMPTY
+        );
+    }
+
+    #[test]
+    fn writers_gone_after_detach() {
+        let s = ring(Mode::Queue, 2, 1, 2);
+        assert!(!s.writers_gone(), "no writer ever: wait, do not disconnect");
+        let (i, g) = s.claim_peer(Role::Writer, 7, 0).unwrap();
+        s.attach_writer(i, 7, g);
+        assert!(!s.writers_gone());
+        assert!(s.release_peer(i, 7, g));
+        assert!(s.writers_gone());
+    }
+}

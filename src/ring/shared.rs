@@ -1,0 +1,390 @@
+//! The shared structures of a ring and the one place that turns the mapping into references.
+//!
+//! [`Shared`] holds raw pointers to the control block, the peer table, the slot table and the
+//! payloads, plus whatever keeps that memory alive: a shared-memory [`Segment`] for real rings,
+//! or heap allocations for the in-process backend (unit tests, proptest and loom). The protocol
+//! in [`super::core`] only ever sees `Shared`, so it is written once for both backends.
+//!
+//! [`Segment`]: crate::shm::Segment
+
+use std::cell::UnsafeCell;
+
+use super::layout::{Header, Layout, CONTROL_OFFSET};
+#[cfg(not(loom))]
+use super::layout::{META_STRIDE, PEER_STRIDE};
+use crate::primitive::{AtomicU32, AtomicU64};
+
+/// Bits of a stamp's sequence number: sequences wrap after 2^48 frames (9 years at 1 MHz).
+pub(crate) const SEQ_BITS: u32 = 48;
+/// Largest sequence number plus one.
+pub(crate) const SEQ_LIMIT: u64 = 1 << SEQ_BITS;
+
+/// Slot states, the low 4 bits of a stamp.
+pub(crate) mod st {
+    /// Free; in queue mode, waiting for the writer of the stamp's sequence.
+    pub const EMPTY: u64 = 0;
+    /// A writer (the stamp's owner) is filling the slot with the stamp's sequence.
+    pub const WRITING: u64 = 1;
+    /// Committed: holds the frame with the stamp's sequence.
+    pub const FULL: u64 = 2;
+    /// Queue mode: a reader (the owner) holds the frame.
+    pub const READING: u64 = 3;
+    /// Queue mode: the writer died or gave up; readers skip this sequence.
+    pub const ABANDONED: u64 = 4;
+}
+
+/// A slot stamp: `seq << 16 | owner << 4 | state`.
+#[inline]
+pub(crate) fn stamp(seq: u64, owner: usize, state: u64) -> u64 {
+    ((seq & (SEQ_LIMIT - 1)) << 16) | ((owner as u64 & 0xFFF) << 4) | (state & 0xF)
+}
+#[inline]
+pub(crate) fn stamp_seq(s: u64) -> u64 {
+    s >> 16
+}
+#[inline]
+pub(crate) fn stamp_owner(s: u64) -> usize {
+    ((s >> 4) & 0xFFF) as usize
+}
+#[inline]
+pub(crate) fn stamp_state(s: u64) -> u64 {
+    s & 0xF
+}
+
+/// Peer status, the low 8 bits of a peer's state word.
+pub(crate) mod ps {
+    /// Unused entry.
+    pub const FREE: u64 = 0;
+    /// Taken, being set up.
+    pub const CLAIMING: u64 = 1;
+    /// Attached.
+    pub const ACTIVE: u64 = 2;
+    /// Found dead; someone is releasing what it held.
+    pub const RECLAIMING: u64 = 3;
+}
+
+/// A peer's state word: `pid << 32 | generation << 8 | status`.
+#[inline]
+pub(crate) fn peer_state(pid: u32, generation: u32, status: u64) -> u64 {
+    (u64::from(pid) << 32) | (u64::from(generation & 0xFF_FFFF) << 8) | (status & 0xFF)
+}
+#[inline]
+pub(crate) fn peer_pid(s: u64) -> u32 {
+    (s >> 32) as u32
+}
+#[inline]
+pub(crate) fn peer_gen(s: u64) -> u32 {
+    ((s >> 8) & 0xFF_FFFF) as u32
+}
+#[inline]
+pub(crate) fn peer_status(s: u64) -> u64 {
+    s & 0xFF
+}
+
+/// Peer flag: blocked on its semaphore.
+pub(crate) const FLAG_SLEEPING: u32 = 1;
+/// Peer flag: wants its doorbell rung on the next frame.
+pub(crate) const FLAG_ARMED: u32 = 2;
+
+/// One cache line holding one counter.
+#[repr(C, align(64))]
+pub(crate) struct Line {
+    pub v: AtomicU64,
+}
+
+/// The control block (offset 256 of the segment, 256 bytes).
+#[repr(C)]
+pub(crate) struct Control {
+    /// Broadcast: frames committed (the next sequence to write). Queue: the enqueue position.
+    pub write_seq: Line,
+    /// Queue: the dequeue position. Unused in broadcast mode.
+    pub read_seq: Line,
+    /// Readers sleeping or armed (writers skip the wake-up scan when 0).
+    pub reader_waiters: AtomicU64,
+    /// Writers sleeping (readers skip the wake-up scan when 0).
+    pub writer_waiters: AtomicU64,
+    /// Writer attachments ever (readers report `Disconnected` only after the first).
+    pub writer_attaches: AtomicU64,
+    /// Reader attachments ever.
+    pub reader_attaches: AtomicU64,
+    /// Queue: frames lost because their reader died holding them.
+    pub lost: AtomicU64,
+    /// Queue: sequences abandoned by a writer that died or dropped its slot.
+    pub abandoned: AtomicU64,
+    /// Round-robin start for queue wake-ups.
+    pub wake_hint: AtomicU64,
+    pub _reserved: [AtomicU64; 9],
+}
+
+/// One entry of the peer table (128 bytes). Readers come first, then writers.
+#[repr(C)]
+pub(crate) struct PeerEntry {
+    /// `pid << 32 | generation << 8 | status`.
+    pub state: AtomicU64,
+    /// Start time of `pid` (clock ticks since boot), so a reused pid is not mistaken for it.
+    pub start_time: AtomicU64,
+    /// Broadcast reader: the sequence it reads next (or holds).
+    pub cursor: AtomicU64,
+    /// Broadcast drop-oldest reader: `(slot + 1) << 48 | seq` of the frame it holds, or 0.
+    pub pin: AtomicU64,
+    /// [`FLAG_SLEEPING`] | [`FLAG_ARMED`].
+    pub flags: AtomicU32,
+    pub _pad: AtomicU32,
+    /// Broadcast reader: frames it missed (drop-oldest).
+    pub missed: AtomicU64,
+    /// Frames received (reader) or committed (writer).
+    pub frames: AtomicU64,
+    pub _reserved0: AtomicU64,
+    /// The process-shared semaphore this peer sleeps on.
+    pub sem: UnsafeCell<[u64; 4]>,
+    pub _reserved1: [AtomicU64; 4],
+}
+
+/// One entry of the slot table (128 bytes).
+#[repr(C)]
+pub(crate) struct SlotMeta {
+    /// `seq << 16 | owner << 4 | state`.
+    pub stamp: AtomicU64,
+    /// Used payload bytes.
+    pub len: AtomicU64,
+    pub ndim: AtomicU32,
+    pub flags: AtomicU32,
+    pub shape: [AtomicU64; super::layout::MAX_DIMS],
+    /// Nanoseconds (`CLOCK_REALTIME`) the writer stamped the frame with.
+    pub timestamp_ns: AtomicU64,
+    /// A value the writer chose.
+    pub tag: AtomicU64,
+    pub _reserved: [AtomicU64; 3],
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::size_of::<Control>() == 256);
+    assert!(std::mem::size_of::<PeerEntry>() == PEER_STRIDE as usize);
+    assert!(std::mem::offset_of!(PeerEntry, sem) == 64);
+    assert!(std::mem::size_of::<SlotMeta>() == META_STRIDE as usize);
+    assert!(CONTROL_OFFSET as usize == std::mem::size_of::<Header>());
+};
+
+/// What keeps the memory behind a [`Shared`] alive.
+pub(crate) enum Backing {
+    /// Process-local allocations (tests, loom); only held for its `Drop`.
+    Heap(#[allow(dead_code)] HeapBacking),
+    /// A mapped shared-memory segment.
+    #[cfg(not(loom))]
+    Segment(crate::shm::Segment),
+}
+
+/// Heap allocations standing in for a segment.
+pub(crate) struct HeapBacking {
+    header: *mut Header,
+    control: *mut Control,
+    peers: *mut [PeerEntry],
+    metas: *mut [SlotMeta],
+    payload: *mut u8,
+    payload_layout: std::alloc::Layout,
+}
+
+impl Drop for HeapBacking {
+    fn drop(&mut self) {
+        // SAFETY: every pointer came from `Box::into_raw` / `alloc_zeroed` in `Shared::heap`
+        // with these layouts, and `Shared` (which holds the only copies) is being dropped.
+        unsafe {
+            drop(Box::from_raw(self.header));
+            drop(Box::from_raw(self.control));
+            drop(Box::from_raw(self.peers));
+            drop(Box::from_raw(self.metas));
+            std::alloc::dealloc(self.payload, self.payload_layout);
+        }
+    }
+}
+
+/// Pointers to a ring's regions and the memory that backs them.
+pub(crate) struct Shared {
+    pub layout: Layout,
+    header: *const Header,
+    control: *const Control,
+    peers: *const PeerEntry,
+    metas: *const SlotMeta,
+    payload: *mut u8,
+    backing: Backing,
+}
+
+// SAFETY: everything reachable through the pointers is either an atomic (shared mutation is
+// fine), a semaphore (thread- and process-safe), or payload bytes that the protocol hands to
+// one writer or to readers only. The backing is owned and freed once.
+unsafe impl Send for Shared {}
+// SAFETY: as for Send.
+unsafe impl Sync for Shared {}
+
+fn new_header() -> Header {
+    // SAFETY: Header is repr(C) made only of atomics, for which all-zero bytes are valid.
+    unsafe { std::mem::zeroed() }
+}
+
+impl Shared {
+    /// A process-local ring on the heap, zero-initialised (all slots EMPTY, all peers FREE).
+    pub(crate) fn heap(layout: Layout) -> Shared {
+        let zero_control = || -> Control {
+            // SAFETY: repr(C) atomics only: all-zero is valid.
+            unsafe { std::mem::zeroed() }
+        };
+        let zero_peer = || -> PeerEntry {
+            // SAFETY: repr(C) atomics and a byte array: all-zero is valid.
+            unsafe { std::mem::zeroed() }
+        };
+        let zero_meta = || -> SlotMeta {
+            // SAFETY: repr(C) atomics only: all-zero is valid.
+            unsafe { std::mem::zeroed() }
+        };
+        let header = Box::into_raw(Box::new(new_header()));
+        let control = Box::into_raw(Box::new(zero_control()));
+        let peers: Box<[PeerEntry]> = (0..layout.max_peers()).map(|_| zero_peer()).collect();
+        let metas: Box<[SlotMeta]> = (0..layout.slot_count).map(|_| zero_meta()).collect();
+        let peers = Box::into_raw(peers);
+        let metas = Box::into_raw(metas);
+        let size = (layout.slot_stride * u64::from(layout.slot_count)) as usize;
+        let payload_layout = std::alloc::Layout::from_size_align(size.max(64), 4096)
+            .expect("heap ring payload layout");
+        // SAFETY: the layout has a non-zero size.
+        let payload = unsafe { std::alloc::alloc_zeroed(payload_layout) };
+        if payload.is_null() {
+            std::alloc::handle_alloc_error(payload_layout);
+        }
+        let shared = Shared {
+            header,
+            control,
+            peers: peers as *const PeerEntry,
+            metas: metas as *const SlotMeta,
+            payload,
+            backing: Backing::Heap(HeapBacking {
+                header,
+                control,
+                peers,
+                metas,
+                payload,
+                payload_layout,
+            }),
+            layout,
+        };
+        shared.init_slots();
+        shared
+    }
+
+    /// Wraps a mapped segment whose layout has been validated (or was just computed by the
+    /// creator).
+    ///
+    /// # Safety
+    ///
+    /// `segment.len() >= layout.total_size`, the mapping starts page-aligned, and the region
+    /// offsets in `layout` were computed by [`Layout::compute`] (so every table lies inside the
+    /// mapping and is suitably aligned).
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn from_segment(layout: Layout, segment: crate::shm::Segment) -> Shared {
+        let base = segment.as_ptr();
+        // SAFETY (all four `add`s): the offsets are below total_size <= the mapping length.
+        let (header, control, peers, metas, payload) = unsafe {
+            (
+                base as *const Header,
+                base.add(CONTROL_OFFSET as usize) as *const Control,
+                base.add(layout.peers_offset as usize) as *const PeerEntry,
+                base.add(layout.meta_offset as usize) as *const SlotMeta,
+                base.add(layout.payload_offset as usize),
+            )
+        };
+        Shared {
+            layout,
+            header,
+            control,
+            peers,
+            metas,
+            payload,
+            backing: Backing::Segment(segment),
+        }
+    }
+
+    /// Sets every slot stamp to EMPTY with its initial sequence (slot `i` waits for seq `i`).
+    pub(crate) fn init_slots(&self) {
+        for i in 0..self.layout.slot_count as usize {
+            self.meta(i).stamp.store(
+                stamp(i as u64, 0, st::EMPTY),
+                crate::primitive::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The segment, when this ring lives in shared memory.
+    #[cfg(not(loom))]
+    pub(crate) fn segment(&self) -> Option<&crate::shm::Segment> {
+        match &self.backing {
+            Backing::Segment(s) => Some(s),
+            Backing::Heap(_) => None,
+        }
+    }
+
+    /// The header.
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: points at the start of the live mapping / allocation; atomics only.
+        unsafe { &*self.header }
+    }
+
+    /// The control block.
+    #[inline]
+    pub(crate) fn control(&self) -> &Control {
+        // SAFETY: inside the live mapping / allocation; atomics only.
+        unsafe { &*self.control }
+    }
+
+    /// Peer-table entry `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= layout.max_peers()` (a bug in shmflow, never input from another process:
+    /// indices read from shared memory are checked before use).
+    #[inline]
+    pub(crate) fn peer(&self, i: usize) -> &PeerEntry {
+        assert!(i < self.layout.max_peers(), "peer index {i} out of range");
+        // SAFETY: i is in range, so the entry lies inside the peer table.
+        unsafe { &*self.peers.add(i) }
+    }
+
+    /// Slot-table entry `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= slot_count` (a bug in shmflow: slot indices are always taken modulo the count).
+    #[inline]
+    pub(crate) fn meta(&self, i: usize) -> &SlotMeta {
+        assert!(
+            i < self.layout.slot_count as usize,
+            "slot index {i} out of range"
+        );
+        // SAFETY: i is in range, so the entry lies inside the slot table.
+        unsafe { &*self.metas.add(i) }
+    }
+
+    /// Start of slot `i`'s payload (`slot_bytes` long, 64-byte aligned).
+    ///
+    /// This is the single place payload addresses are made. Turning it into a slice is only
+    /// sound for a slot the protocol has handed to the caller (WRITING by us, or held for
+    /// reading), which is what [`super::core`] guarantees to its callers.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= slot_count`.
+    #[inline]
+    pub(crate) fn payload(&self, i: usize) -> *mut u8 {
+        assert!(
+            i < self.layout.slot_count as usize,
+            "slot index {i} out of range"
+        );
+        // SAFETY: i < slot_count, so the offset is inside the payload region.
+        unsafe { self.payload.add(i * self.layout.slot_stride as usize) }
+    }
+
+    /// Semaphore storage of peer `i` (to be used through [`crate::sync::semaphore::Semaphore`]).
+    #[inline]
+    pub(crate) fn sem_ptr(&self, i: usize) -> *mut u8 {
+        self.peer(i).sem.get() as *mut u8
+    }
+}

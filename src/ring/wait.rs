@@ -1,0 +1,308 @@
+//! Spin, then block: how endpoints wait, and how they wake each other.
+//!
+//! A waiter first retries its operation in a spin loop for [`WaitStrategy`]'s spin time. Then it
+//! announces itself (`*_waiters += 1`, its SLEEPING flag, both SeqCst), retries once more, and
+//! sleeps on its own process-shared semaphore until a deadline that is never more than the
+//! liveness interval away. The side that makes progress (a commit, a release) publishes its
+//! state change first and then checks the waiter count (SeqCst): either the waiter's retry sees
+//! the change, or the waker sees the flag and posts. Wake-ups are hints only: a waiter always
+//! re-checks the state, so a lost or extra post costs time, never correctness.
+//!
+//! Each time a sleeping waiter wakes for its liveness interval it checks the peers it depends on
+//! (pid alive and same start time) and reclaims the dead ones: this bounds how long a dead
+//! reader can hold a lossless writer, or a dead writer can keep readers from `Disconnected`.
+
+use std::time::Duration;
+
+use super::core::Role;
+use super::shared::{peer_gen, peer_status, ps, Shared, FLAG_ARMED, FLAG_SLEEPING};
+use crate::primitive::Ordering::*;
+use crate::sync::doorbell::{doorbell_address, DoorbellSender};
+use crate::sync::semaphore::Semaphore;
+use crate::sys;
+
+/// How a blocking call waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Retry in a spin loop for `spin`, then sleep on the semaphore (the default, with 50 µs:
+    /// a cross-core wake-up through the kernel costs ~25–60 µs, so short waits never pay it).
+    SpinThenBlock {
+        /// How long to spin before sleeping.
+        spin: Duration,
+    },
+    /// Never sleep: spin until the operation succeeds or the deadline passes. Lowest latency;
+    /// burns a core while waiting.
+    BusyPoll,
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        WaitStrategy::SpinThenBlock {
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+/// Default interval at which a waiting endpoint checks that its peers are alive.
+pub const DEFAULT_LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One step of an operation that may have to wait.
+pub(crate) enum Step<R> {
+    Ready(R),
+    Pending,
+    Fail(WaitEnd),
+}
+
+/// How a wait ended without success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitEnd {
+    Timeout,
+    Disconnected,
+    Exhausted,
+}
+
+/// The waiting side of an endpoint: its peer index, semaphore and settings.
+pub(crate) struct Waiter {
+    pub index: usize,
+    pub role: Role,
+    pub strategy: WaitStrategy,
+    pub liveness: Duration,
+    sem: Semaphore,
+    pid: u32,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("index", &self.index)
+            .field("role", &self.role)
+            .field("strategy", &self.strategy)
+            .finish()
+    }
+}
+
+fn now_ns() -> u64 {
+    sys::monotonic_ns()
+}
+
+/// Liveness test used by reclamation: same process is alive; otherwise pid and start time.
+pub(crate) fn peer_alive(me: u32) -> impl FnMut(u32, u64) -> bool {
+    move |pid, start| pid == me || sys::pid_alive(pid, start)
+}
+
+impl Waiter {
+    pub(crate) fn new(shared: &Shared, index: usize, role: Role, pid: u32) -> Waiter {
+        // SAFETY: the semaphore of every peer entry was initialised by the ring's creator
+        // (`sem_init` with pshared = 1) before the ready word was published, and `shared`
+        // keeps the memory mapped for as long as the endpoint (which owns this Waiter) lives.
+        let sem = unsafe { Semaphore::from_ptr(shared.sem_ptr(index)) };
+        Waiter {
+            index,
+            role,
+            strategy: WaitStrategy::default(),
+            liveness: DEFAULT_LIVENESS_INTERVAL,
+            sem,
+            pid,
+        }
+    }
+
+    fn waiters<'s>(&self, shared: &'s Shared) -> &'s crate::primitive::AtomicU64 {
+        match self.role {
+            Role::Reader => &shared.control().reader_waiters,
+            Role::Writer => &shared.control().writer_waiters,
+        }
+    }
+
+    /// Reclaims dead peers of both roles; wakes everyone if any was found, so that other
+    /// waiters re-check (for example to see `Disconnected`).
+    pub(crate) fn tick(&self, shared: &Shared, doorbells: &mut Option<DoorbellSender>) {
+        let mut alive = peer_alive(self.pid);
+        let n = shared.reclaim_dead(Role::Reader, Some(self.index), &mut alive)
+            + shared.reclaim_dead(Role::Writer, Some(self.index), &mut alive);
+        if n > 0 {
+            wake(shared, Role::Reader, true, doorbells);
+            wake(shared, Role::Writer, true, doorbells);
+        }
+    }
+
+    /// Runs `attempt` until it is ready, fails, or `deadline` (monotonic ns) passes.
+    pub(crate) fn wait<R>(
+        &self,
+        shared: &Shared,
+        deadline: Option<u64>,
+        doorbells: &mut Option<DoorbellSender>,
+        mut attempt: impl FnMut() -> Step<R>,
+    ) -> Result<R, WaitEnd> {
+        macro_rules! try_once {
+            () => {
+                match attempt() {
+                    Step::Ready(r) => return Ok(r),
+                    Step::Fail(e) => return Err(e),
+                    Step::Pending => {}
+                }
+            };
+        }
+        try_once!();
+        let start = now_ns();
+        let liveness = self.liveness.as_nanos().max(1) as u64;
+        let mut next_tick = start + liveness;
+        let spin = match self.strategy {
+            WaitStrategy::SpinThenBlock { spin } => spin.as_nanos() as u64,
+            WaitStrategy::BusyPoll => u64::MAX,
+        };
+        // Spin phase.
+        let mut i: u32 = 0;
+        loop {
+            try_once!();
+            i = i.wrapping_add(1);
+            if i % 64 == 0 {
+                let now = now_ns();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(WaitEnd::Timeout);
+                }
+                if now >= next_tick {
+                    self.tick(shared, doorbells);
+                    next_tick = now + liveness;
+                }
+                if now.saturating_sub(start) >= spin {
+                    break;
+                }
+                if i % 4096 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            std::hint::spin_loop();
+        }
+        // Sleep phase.
+        let e = shared.peer(self.index);
+        let waiters = self.waiters(shared);
+        loop {
+            while let Ok(true) = self.sem.try_wait() {}
+            waiters.fetch_add(1, SeqCst);
+            let old = e.flags.fetch_or(FLAG_SLEEPING, SeqCst);
+            if old & FLAG_SLEEPING != 0 {
+                waiters.fetch_sub(1, SeqCst);
+            }
+            let r = attempt();
+            if !matches!(r, Step::Pending) {
+                self.clear_sleeping(shared);
+                match r {
+                    Step::Ready(r) => return Ok(r),
+                    Step::Fail(e) => return Err(e),
+                    Step::Pending => unreachable!(),
+                }
+            }
+            let now = now_ns();
+            let wake_at = deadline.map_or(next_tick, |d| d.min(next_tick)).max(now);
+            // An error here (EINVAL on a corrupted semaphore) must not hang us: fall back to a
+            // short sleep and re-check.
+            if self.sem.wait_until(wake_at).is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.clear_sleeping(shared);
+            try_once!();
+            let now = now_ns();
+            if now >= next_tick {
+                self.tick(shared, doorbells);
+                next_tick = now + liveness;
+                try_once!();
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(WaitEnd::Timeout);
+            }
+        }
+    }
+
+    fn clear_sleeping(&self, shared: &Shared) {
+        let e = shared.peer(self.index);
+        if e.flags.fetch_and(!FLAG_SLEEPING, SeqCst) & FLAG_SLEEPING != 0 {
+            self.waiters(shared).fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// Sets reader `index`'s ARMED flag (its doorbell will be rung by the next commit).
+pub(crate) fn arm(shared: &Shared, index: usize) {
+    let e = shared.peer(index);
+    shared.control().reader_waiters.fetch_add(1, SeqCst);
+    if e.flags.fetch_or(FLAG_ARMED, SeqCst) & FLAG_ARMED != 0 {
+        shared.control().reader_waiters.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Clears reader `index`'s flags on detach.
+pub(crate) fn disarm(shared: &Shared, index: usize) {
+    let e = shared.peer(index);
+    for bit in [FLAG_ARMED, FLAG_SLEEPING] {
+        if e.flags.fetch_and(!bit, SeqCst) & bit != 0 {
+            shared.control().reader_waiters.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
+/// Wakes sleeping (and rings armed) peers of `role`: all of them, or just one when `all` is
+/// false (queue mode: one frame needs one reader). Costs one load when nobody waits.
+pub(crate) fn wake(shared: &Shared, role: Role, all: bool, doorbells: &mut Option<DoorbellSender>) {
+    let c = shared.control();
+    let waiters = match role {
+        Role::Reader => &c.reader_waiters,
+        Role::Writer => &c.writer_waiters,
+    };
+    if waiters.load(SeqCst) == 0 {
+        return;
+    }
+    let range = shared.peers_of(role);
+    let len = range.len();
+    let first = if all {
+        0
+    } else {
+        c.wake_hint.fetch_add(1, Relaxed) as usize % len.max(1)
+    };
+    for k in 0..len {
+        let i = range.start + (first + k) % len;
+        let e = shared.peer(i);
+        let flags = e.flags.load(SeqCst);
+        if flags == 0 {
+            continue;
+        }
+        let mut woke = false;
+        if flags & FLAG_SLEEPING != 0
+            && e.flags.fetch_and(!FLAG_SLEEPING, SeqCst) & FLAG_SLEEPING != 0
+        {
+            waiters.fetch_sub(1, SeqCst);
+            // SAFETY: see `Waiter::new`: initialised by the creator, mapped while `shared` lives.
+            let sem = unsafe { Semaphore::from_ptr(shared.sem_ptr(i)) };
+            let _ = sem.post();
+            woke = true;
+        }
+        if flags & FLAG_ARMED != 0 && e.flags.fetch_and(!FLAG_ARMED, SeqCst) & FLAG_ARMED != 0 {
+            waiters.fetch_sub(1, SeqCst);
+            ring_doorbell(shared, i, doorbells);
+            woke = true;
+        }
+        if woke && !all {
+            return;
+        }
+    }
+}
+
+fn ring_doorbell(shared: &Shared, i: usize, doorbells: &mut Option<DoorbellSender>) {
+    #[cfg(shmflow_no_doorbell)]
+    {
+        let _ = (shared, i, doorbells);
+    }
+    #[cfg(not(shmflow_no_doorbell))]
+    {
+        let state = shared.peer(i).state.load(Acquire);
+        if peer_status(state) != ps::ACTIVE {
+            return;
+        }
+        if doorbells.is_none() {
+            *doorbells = DoorbellSender::new().ok();
+        }
+        if let Some(d) = doorbells {
+            let token = shared.header().doorbell_token.load(Relaxed);
+            let _ = d.ring(&doorbell_address(token, i as u32, peer_gen(state)));
+        }
+    }
+}
