@@ -91,6 +91,8 @@ mod array;
 #[cfg(not(loom))]
 pub mod error;
 mod primitive;
+#[cfg(not(loom))]
+pub mod process;
 mod ring;
 #[cfg(not(loom))]
 pub(crate) mod shm;
@@ -106,8 +108,9 @@ pub mod __loom;
 pub use array::{DType, Element};
 #[cfg(not(loom))]
 pub use error::{
-    AttachError, CreateError, LayoutError, NameError, OpenError, RecvError, RecvTimeoutError,
-    ReserveError, ReserveTimeoutError, ShapeError, TryRecvError, TryReserveError,
+    AttachError, ChannelError, CreateError, ExitReason, LayoutError, NameError, OpenError,
+    ProcessError, RecvError, RecvTimeoutError, ReserveError, ReserveTimeoutError, ShapeError,
+    SpawnError, TryRecvError, TryReserveError,
 };
 #[cfg(not(loom))]
 pub use ring::{

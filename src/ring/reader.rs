@@ -258,8 +258,14 @@ impl<T: Element, D: Dimension> Reader<T, D> {
 
     #[cfg(not(shmflow_no_doorbell))]
     fn arm(&mut self) {
+        let shared: &Shared = &self.ring.inner.shared;
+        // Still armed from an earlier `Empty`: the doorbell has not been rung since, so there
+        // is nothing to drain (this keeps a polling loop of `try_recv` free of syscalls).
+        if shared.peer(self.waiter.index).flags.load(SeqCst) & super::shared::FLAG_ARMED != 0 {
+            return;
+        }
         let _ = self.doorbell.drain();
-        wait::arm(&self.ring.inner.shared, self.waiter.index);
+        wait::arm(shared, self.waiter.index);
     }
 
     #[cfg(shmflow_no_doorbell)]

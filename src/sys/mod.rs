@@ -20,6 +20,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+pub(crate) mod process;
+
 /// Calls a libc function and turns its `-1` error return into
 /// [`io::Error::last_os_error`].
 ///

@@ -1,0 +1,23 @@
+//! Processes: frontend/backend processes with typed control channels, and the worker pool.
+//!
+//! This layer is built only on rings, control channels and the syscall wrappers in `sys`; it
+//! contains no unsafe code.
+//!
+//! - [`ProcessBuilder`] starts a [`Backend`] in a child process (fork or re-exec) and returns
+//!   a [`Process`] handle: typed request/reply, `stop`, `join`, `kill`, and an [`ExitReason`]
+//!   that says exactly how the child ended.
+//! - [`channel`] makes a typed [`Sender`]/[`Receiver`] pair to use across a fork.
+//! - [`wait_any`] polls processes, channels and ring readers together.
+//! - [`WorkerPool`] is the mpire-style pool.
+//!
+//! [`ExitReason`]: crate::ExitReason
+#![forbid(unsafe_code)]
+
+mod control;
+mod logfwd;
+mod spawn;
+
+pub use control::{channel, wait_any, Receiver, Sender};
+pub use spawn::{
+    init, thread_count, Backend, BoxError, Context, Init, Process, ProcessBuilder, StartMethod,
+};

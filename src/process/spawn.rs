@@ -1,0 +1,840 @@
+//! Processes after the frontend/backend pattern: the child runs a [`Backend`]; the parent holds
+//! a [`Process`] handle with a typed request/reply channel.
+//!
+//! # Start methods
+//!
+//! - [`StartMethod::Fork`]: `fork(2)`. The child starts with a copy of the parent's memory, so
+//!   the backend can hold anything (closures, big read-only data shared copy-on-write). Refused
+//!   with [`SpawnError::Threads`] when the parent already runs other threads, because the child
+//!   would inherit locks held by threads that do not exist in it (the classic Python
+//!   "fork after threads" hang). *Fork first, then threads.*
+//! - [`StartMethod::Reexec`]: the current executable is started again with a marker in its
+//!   environment; [`init`] at the top of `main` sees it, receives the backend (serialised with
+//!   postcard) over the control socket and runs it. Safe from any multi-threaded program
+//!   (tokio, GUI toolkits); the backend type must be `Serialize + DeserializeOwned` and
+//!   registered with [`Init::register`].
+//!
+//! # Death and errors
+//!
+//! Children get `PR_SET_PDEATHSIG = SIGKILL`: they never outlive the parent. The parent learns
+//! of a child's end from its control socket (EOF) and pidfd, reaps it, and reports how it
+//! ended: exit code, signal name, panic message and location (sent by a panic hook in the
+//! child before it exits), or the error its `run` returned.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::control::{decode, encode, RawChannel};
+use crate::error::{ChannelError, ExitReason, ProcessError, SpawnError};
+use crate::sys;
+use crate::sys::process::{self as sysp, Fork, WaitStatus};
+
+/// Frame kinds, parent → child.
+mod down {
+    pub const REQUEST: u8 = 0;
+    pub const STOP: u8 = 1;
+    pub const BOOT: u8 = 2;
+}
+
+/// Frame kinds, child → parent.
+mod up {
+    pub const REPLY: u8 = 0;
+    pub const LOG: u8 = 1;
+    pub const PANIC: u8 = 2;
+    pub const FAILED: u8 = 3;
+}
+
+/// A `log` record on its way from a child to its parent.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LogRecord {
+    pub level: u8,
+    pub target: String,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PanicReport {
+    message: String,
+    location: String,
+}
+
+/// The error type a backend's `run` may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The child side of a process: what runs in it.
+///
+/// # Examples
+///
+/// ```
+/// use shmflow::process::{Backend, Context, ProcessBuilder};
+///
+/// struct Doubler;
+/// impl Backend for Doubler {
+///     type Request = u64;
+///     type Reply = u64;
+///     fn run(self, ctx: &mut Context<u64, u64>) -> Result<(), shmflow::process::BoxError> {
+///         while let Some(x) = ctx.recv()? {
+///             ctx.reply(&(2 * x))?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # if shmflow::process::thread_count() == 1 {
+/// let mut p = ProcessBuilder::new("doubler").spawn(Doubler)?;
+/// assert_eq!(p.request(&21)?, 42);
+/// p.stop(std::time::Duration::from_secs(5))?;
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Backend: Sized + 'static {
+    /// What the parent sends.
+    type Request: Serialize + DeserializeOwned + 'static;
+    /// What the child answers.
+    type Reply: Serialize + DeserializeOwned + 'static;
+    /// The child's main loop. Return `Ok` to exit with code 0; an `Err` is reported to the
+    /// parent as [`ExitReason::Failed`]; a panic as [`ExitReason::Panicked`].
+    ///
+    /// # Errors
+    ///
+    /// Whatever the backend decides; it ends the process.
+    fn run(self, ctx: &mut Context<Self::Request, Self::Reply>) -> Result<(), BoxError>;
+}
+
+/// The child's end of the control channel, handed to [`Backend::run`].
+#[derive(Debug)]
+pub struct Context<Req, Rep> {
+    rx: RawChannel,
+    tx: Arc<Mutex<RawChannel>>,
+    name: String,
+    stopped: bool,
+    _t: std::marker::PhantomData<fn(Req) -> Rep>,
+}
+
+impl<Req: DeserializeOwned, Rep: Serialize> Context<Req, Rep> {
+    /// This process's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the parent asked this process to stop.
+    pub fn stop_requested(&self) -> bool {
+        self.stopped
+    }
+
+    fn handle(&mut self, kind: u8, bytes: Vec<u8>) -> Result<Option<Req>, ChannelError> {
+        match kind {
+            down::REQUEST => decode(&bytes).map(Some),
+            _ => {
+                self.stopped = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Waits for the next request. `Ok(None)` means stop: the parent called
+    /// [`Process::stop`] or went away.
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::Decode`] if a request does not decode; I/O errors.
+    pub fn recv(&mut self) -> Result<Option<Req>, ChannelError> {
+        if self.stopped {
+            return Ok(None);
+        }
+        match self.rx.recv_frame() {
+            Ok((k, b)) => self.handle(k, b),
+            Err(ChannelError::Disconnected) => {
+                self.stopped = true;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits at most `timeout` for the next request; `Ok(None)` means stop.
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::Timeout`] and those of [`Context::recv`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Req>, ChannelError> {
+        if self.stopped {
+            return Ok(None);
+        }
+        self.rx.wait_readable(Some(Instant::now() + timeout))?;
+        self.recv()
+    }
+
+    /// Sends a reply (any number of replies per request is fine; the parent reads them in
+    /// order).
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::Disconnected`] if the parent is gone.
+    pub fn reply(&mut self, rep: &Rep) -> Result<(), ChannelError> {
+        let bytes = encode(rep);
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send_frame(up::REPLY, &bytes)
+    }
+}
+
+impl<Req, Rep> AsFd for Context<Req, Rep> {
+    /// Readable when a request (or stop) is pending: poll it together with rings.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.rx.as_fd()
+    }
+}
+
+/// How to start a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMethod {
+    /// `fork(2)` (the default). Refused when the process has other threads unless
+    /// [`ProcessBuilder::allow_threads`] is set.
+    #[default]
+    Fork,
+    /// Start the current executable again; [`init`] in its `main` runs the backend.
+    Reexec,
+}
+
+/// Settings for a new process.
+#[derive(Debug, Clone)]
+#[must_use = "a ProcessBuilder does nothing until spawned"]
+pub struct ProcessBuilder {
+    name: String,
+    method: StartMethod,
+    cpus: Option<Vec<usize>>,
+    allow_threads: bool,
+    args: Vec<String>,
+}
+
+/// Number of threads of the calling process (from `/proc/self/task`; 1 if unreadable).
+pub fn thread_count() -> usize {
+    sys::thread_count().unwrap_or(1)
+}
+
+impl ProcessBuilder {
+    /// A process named `name` (shown by `ps`/`top`; at most 15 bytes are kept).
+    pub fn new(name: impl Into<String>) -> Self {
+        ProcessBuilder {
+            name: name.into(),
+            method: StartMethod::Fork,
+            cpus: None,
+            allow_threads: false,
+            args: Vec::new(),
+        }
+    }
+
+    /// Command-line arguments for a re-executed child (default none). Test binaries use this
+    /// to run only the test that calls [`init`].
+    pub fn reexec_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The start method (default [`StartMethod::Fork`]).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// Pins the process to these CPUs (`sched_setaffinity`).
+    pub fn cpus(mut self, cpus: impl AsRef<[usize]>) -> Self {
+        self.cpus = Some(cpus.as_ref().to_vec());
+        self
+    }
+
+    /// Forks even when the process has other threads. The child may hang on a lock that one
+    /// of those threads held at the moment of the fork (allocator, stdout, logger): only set
+    /// this if you know the threads hold no such lock.
+    pub fn allow_threads(mut self, allow: bool) -> Self {
+        self.allow_threads = allow;
+        self
+    }
+
+    fn check_cpus(&self) -> Result<(), SpawnError> {
+        if let Some(cpus) = &self.cpus {
+            let allowed = sysp::affinity().map_err(SpawnError::Io)?;
+            if cpus.is_empty() || cpus.iter().any(|c| !allowed.contains(c)) {
+                return Err(SpawnError::BadCpus {
+                    cpus: cpus.clone(),
+                    allowed,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `backend` in a new process with the configured start method. With
+    /// [`StartMethod::Reexec`] use [`ProcessBuilder::spawn_reexec`] instead (the backend must
+    /// be serialisable); this method then forks.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::Threads`] (fork with other threads running), [`SpawnError::BadCpus`],
+    /// [`SpawnError::Io`].
+    pub fn spawn<B: Backend>(
+        self,
+        backend: B,
+    ) -> Result<Process<B::Request, B::Reply>, SpawnError> {
+        self.check_cpus()?;
+        if !self.allow_threads {
+            let threads = thread_count();
+            if threads > 1 {
+                return Err(SpawnError::Threads { threads });
+            }
+        }
+        let (parent_end, child_end) = RawChannel::pair().map_err(SpawnError::Io)?;
+        let parent_pid = sys::getpid();
+        match sysp::fork().map_err(SpawnError::Io)? {
+            Fork::Child => {
+                drop(parent_end);
+                child_main(
+                    backend,
+                    child_end,
+                    &self.name,
+                    self.cpus.as_deref(),
+                    parent_pid,
+                )
+            }
+            Fork::Parent(pid) => {
+                drop(child_end);
+                Ok(Process::new(self.name, pid, parent_end))
+            }
+        }
+    }
+
+    /// Starts `backend` by re-executing the current program (see [`StartMethod::Reexec`]).
+    /// Works from any multi-threaded parent. The program's `main` must call
+    /// `shmflow::process::init().register::<B>().run()` first thing.
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::BadCpus`], [`SpawnError::Io`] (exec failed), [`SpawnError::Child`] (the
+    /// child could not start the backend, e.g. it was not registered).
+    pub fn spawn_reexec<B>(self, backend: B) -> Result<Process<B::Request, B::Reply>, SpawnError>
+    where
+        B: Backend + Serialize + DeserializeOwned,
+    {
+        self.check_cpus()?;
+        let (mut parent_end, child_end) = RawChannel::pair().map_err(SpawnError::Io)?;
+        let exe = std::env::current_exe().map_err(SpawnError::Io)?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(&self.args)
+            .env(ENV_ENTRY, entry_name::<B>())
+            .env(ENV_NAME, &self.name)
+            .env(ENV_LOG, (log::max_level() as usize).to_string())
+            .stdin(std::process::Stdio::null());
+        if let Some(cpus) = &self.cpus {
+            let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+            cmd.env(ENV_CPUS, list.join(","));
+        }
+        sysp::inherit_control_fd(&mut cmd, child_end.as_fd());
+        let child = cmd.spawn().map_err(SpawnError::Io)?;
+        drop(child_end);
+        let pid = child.id();
+        // std's Child would reap on its own terms; we reap with waitpid ourselves.
+        std::mem::forget(child);
+        parent_end
+            .send_frame(down::BOOT, &encode(&backend))
+            .map_err(|e| SpawnError::Child(format!("could not send the backend: {e}")))?;
+        Ok(Process::new(self.name, pid, parent_end))
+    }
+}
+
+const ENV_ENTRY: &str = "SHMFLOW_CHILD_ENTRY";
+const ENV_NAME: &str = "SHMFLOW_CHILD_NAME";
+const ENV_CPUS: &str = "SHMFLOW_CHILD_CPUS";
+pub(crate) const ENV_LOG: &str = "SHMFLOW_CHILD_LOG";
+
+fn entry_name<B: 'static>() -> &'static str {
+    std::any::type_name::<B>()
+}
+
+/// Runs in the child after fork (or after re-exec and boot): never returns.
+fn child_main<B: Backend>(
+    backend: B,
+    channel: RawChannel,
+    name: &str,
+    cpus: Option<&[usize]>,
+    parent_pid: u32,
+) -> ! {
+    match sysp::set_parent_death_signal(libc_sigkill(), parent_pid) {
+        Ok(true) => {}
+        // The parent died before we armed the signal: nobody is left to serve.
+        _ => sysp::exit_now(1),
+    }
+    let _ = sysp::set_process_name(name);
+    if let Some(cpus) = cpus {
+        let _ = sysp::set_affinity(cpus);
+    }
+    let tx = match channel.try_clone() {
+        Ok(t) => Arc::new(Mutex::new(t)),
+        Err(_) => sysp::exit_now(1),
+    };
+    super::logfwd::install(tx.clone(), name);
+    install_panic_hook(tx.clone());
+    let mut ctx: Context<B::Request, B::Reply> = Context {
+        rx: channel,
+        tx: tx.clone(),
+        name: name.to_owned(),
+        stopped: false,
+        _t: std::marker::PhantomData,
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.run(&mut ctx)));
+    let code = match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            let mut message = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            if let Ok(mut t) = tx.lock() {
+                let _ = t.send_frame(up::FAILED, &encode(&message));
+            }
+            1
+        }
+        Err(_) => 101,
+    };
+    log::logger().flush();
+    sysp::exit_now(code)
+}
+
+fn libc_sigkill() -> i32 {
+    9
+}
+
+fn install_panic_hook(tx: Arc<Mutex<RawChannel>>) {
+    std::panic::set_hook(Box::new(move |info| {
+        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = info.payload().downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "Box<dyn Any>".to_owned()
+        };
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        eprintln!("process panicked at {location}: {message}");
+        let report = PanicReport { message, location };
+        if let Ok(mut t) = tx.try_lock() {
+            let _ = t.send_frame(up::PANIC, &encode(&report));
+        }
+    }));
+}
+
+type EntryFn = fn(RawChannel, String, Option<Vec<usize>>, u32) -> !;
+
+/// Registry of backends a re-executed child may run. Made by [`init`].
+#[derive(Debug, Default)]
+#[must_use = "call .run() to dispatch a re-executed child"]
+pub struct Init {
+    entries: Vec<(&'static str, EntryFn)>,
+}
+
+/// Call first thing in `main`: in a process started with [`StartMethod::Reexec`] this runs the
+/// requested backend and exits; in any other process `run()` returns at once.
+///
+/// ```no_run
+/// # use shmflow::process::{Backend, Context, BoxError};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Worker;
+/// # impl Backend for Worker { type Request = (); type Reply = ();
+/// #   fn run(self, _: &mut Context<(), ()>) -> Result<(), BoxError> { Ok(()) } }
+/// fn main() {
+///     shmflow::process::init().register::<Worker>().run();
+///     // ... the parent's program
+/// }
+/// ```
+pub fn init() -> Init {
+    Init::default()
+}
+
+fn entry<B: Backend + DeserializeOwned>(
+    mut channel: RawChannel,
+    name: String,
+    cpus: Option<Vec<usize>>,
+    parent: u32,
+) -> ! {
+    let backend: B = match channel.recv_frame() {
+        Ok((down::BOOT, bytes)) => match decode(&bytes) {
+            Ok(b) => b,
+            Err(e) => fail_boot(&mut channel, &format!("could not decode the backend: {e}")),
+        },
+        Ok(_) => fail_boot(&mut channel, "expected the backend as the first message"),
+        Err(_) => sysp::exit_now(1),
+    };
+    child_main(backend, channel, &name, cpus.as_deref(), parent)
+}
+
+fn fail_boot(channel: &mut RawChannel, message: &str) -> ! {
+    let _ = channel.send_frame(up::FAILED, &encode(&message.to_owned()));
+    sysp::exit_now(2)
+}
+
+impl Init {
+    /// Makes backend `B` startable with [`ProcessBuilder::spawn_reexec`].
+    pub fn register<B: Backend + DeserializeOwned>(mut self) -> Self {
+        self.entries.push((entry_name::<B>(), entry::<B>));
+        self
+    }
+
+    /// Adds the pool's worker entry point for tasks of type `F` (see
+    /// [`WorkerPool`](super::WorkerPool) with [`StartMethod::Reexec`]).
+    pub(crate) fn register_raw(mut self, name: &'static str, f: EntryFn) -> Self {
+        self.entries.push((name, f));
+        self
+    }
+
+    /// In a re-executed child: runs the requested entry and exits. Otherwise returns.
+    pub fn run(self) {
+        let Ok(entry) = std::env::var(ENV_ENTRY) else {
+            return;
+        };
+        let name = std::env::var(ENV_NAME).unwrap_or_else(|_| "shmflow-child".into());
+        let cpus = std::env::var(ENV_CPUS)
+            .ok()
+            .map(|s| s.split(',').filter_map(|c| c.parse().ok()).collect());
+        // Our own children must not mistake themselves for re-executed ones.
+        std::env::remove_var(ENV_ENTRY);
+        std::env::remove_var(ENV_NAME);
+        std::env::remove_var(ENV_CPUS);
+        let parent = sysp::getppid();
+        let Ok(fd) = sysp::take_child_control_fd() else {
+            eprintln!("shmflow: {ENV_ENTRY} is set but no control socket was inherited");
+            sysp::exit_now(2)
+        };
+        let mut channel = RawChannel::from_fd(fd);
+        match self.entries.iter().find(|(n, _)| *n == entry) {
+            Some((_, f)) => f(channel, name, cpus, parent),
+            None => fail_boot(
+                &mut channel,
+                &format!("backend {entry} is not registered: add .register::<{entry}>() to shmflow::process::init() in main"),
+            ),
+        }
+    }
+}
+
+/// The parent's handle on a child process: requests and replies, stop, join, kill.
+///
+/// Dropping a handle whose process still runs kills it (SIGKILL) and reaps it: no zombies, no
+/// orphans. Implements [`AsFd`] (readable when a reply, a log record or the child's exit is
+/// pending) for [`wait_any`](super::wait_any).
+#[derive(Debug)]
+pub struct Process<Req, Rep> {
+    name: String,
+    pid: u32,
+    channel: RawChannel,
+    pidfd: Option<OwnedFd>,
+    exit: Option<ExitReason>,
+    panic: Option<PanicReport>,
+    failure: Option<String>,
+    _t: std::marker::PhantomData<fn(Req) -> Rep>,
+}
+
+impl std::fmt::Debug for PanicReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}", self.message, self.location)
+    }
+}
+
+impl<Req: Serialize, Rep: DeserializeOwned> Process<Req, Rep> {
+    fn new(name: String, pid: u32, channel: RawChannel) -> Self {
+        Process {
+            name,
+            pid,
+            channel,
+            pidfd: sysp::pidfd_open(pid).ok(),
+            exit: None,
+            panic: None,
+            failure: None,
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pidfd (readable once the child has exited), when the kernel supports pidfds.
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Sends a request without waiting for the reply.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Died`] if the child is gone (with how it ended).
+    pub fn send(&mut self, req: &Req) -> Result<(), ProcessError> {
+        match self.channel.send_frame(down::REQUEST, &encode(req)) {
+            Ok(()) => Ok(()),
+            Err(ChannelError::Disconnected) => Err(self.died()),
+            Err(source) => Err(ProcessError::Channel {
+                name: self.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn died(&mut self) -> ProcessError {
+        let reason = match self.wait_exit(Some(Instant::now() + Duration::from_secs(5))) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        ProcessError::Died {
+            name: self.name.clone(),
+            pid: self.pid,
+            reason,
+        }
+    }
+
+    /// Reads frames until a reply arrives (forwarding log records, noting panic reports).
+    fn next_reply(&mut self, deadline: Option<Instant>) -> Result<Rep, ProcessError> {
+        loop {
+            if let Err(e) = self.channel.wait_readable(deadline) {
+                return Err(match e {
+                    ChannelError::Timeout => ProcessError::Timeout {
+                        name: self.name.clone(),
+                    },
+                    source => ProcessError::Channel {
+                        name: self.name.clone(),
+                        source,
+                    },
+                });
+            }
+            match self.channel.recv_frame() {
+                Ok((up::REPLY, bytes)) => {
+                    return decode(&bytes).map_err(|source| ProcessError::Channel {
+                        name: self.name.clone(),
+                        source,
+                    })
+                }
+                Ok((kind, bytes)) => self.side_frame(kind, &bytes),
+                Err(ChannelError::Disconnected) => return Err(self.died()),
+                Err(source) => {
+                    return Err(ProcessError::Channel {
+                        name: self.name.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    fn side_frame(&mut self, kind: u8, bytes: &[u8]) {
+        match kind {
+            up::LOG => {
+                if let Ok(rec) = decode::<LogRecord>(bytes) {
+                    super::logfwd::emit(&self.name, rec.level, &rec.target, &rec.message);
+                }
+            }
+            up::PANIC => self.panic = decode(bytes).ok(),
+            up::FAILED => self.failure = decode(bytes).ok(),
+            _ => {}
+        }
+    }
+
+    /// Waits for the next reply.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Died`] when the child ends first, with the reason (exit code, signal,
+    /// panic message and location, or its `run` error).
+    pub fn recv(&mut self) -> Result<Rep, ProcessError> {
+        self.next_reply(None)
+    }
+
+    /// Waits at most `timeout` for the next reply.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Timeout`] and those of [`Process::recv`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Rep, ProcessError> {
+        self.next_reply(Some(Instant::now() + timeout))
+    }
+
+    /// Sends a request and waits for one reply.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Process::send`] and [`Process::recv`].
+    pub fn request(&mut self, req: &Req) -> Result<Rep, ProcessError> {
+        self.send(req)?;
+        self.recv()
+    }
+
+    /// Whether the child has ended (reaps it if so).
+    pub fn try_exit(&mut self) -> Option<ExitReason> {
+        if self.exit.is_none() {
+            if let Ok(Some(st)) = sysp::try_wait(self.pid) {
+                self.drain_side_frames();
+                self.exit = Some(self.reason(st));
+            }
+        }
+        self.exit.clone()
+    }
+
+    fn drain_side_frames(&mut self) {
+        while let Ok(()) = self.channel.wait_readable(Some(Instant::now())) {
+            match self.channel.recv_frame() {
+                Ok((up::REPLY, _)) => {}
+                Ok((k, b)) => self.side_frame(k, &b),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn reason(&mut self, st: WaitStatus) -> ExitReason {
+        match st {
+            WaitStatus::Exited(101) if self.panic.is_some() => {
+                let p = self.panic.take().expect("checked");
+                ExitReason::Panicked {
+                    message: p.message,
+                    location: p.location,
+                }
+            }
+            WaitStatus::Exited(c) if c != 0 && self.failure.is_some() => ExitReason::Failed {
+                message: self.failure.take().expect("checked"),
+            },
+            WaitStatus::Exited(c) => ExitReason::Exited(c),
+            WaitStatus::Signaled(sig, _) => ExitReason::Signaled {
+                signal: sig,
+                name: sysp::signal_name(sig),
+            },
+        }
+    }
+
+    fn wait_exit(&mut self, deadline: Option<Instant>) -> Result<ExitReason, ProcessError> {
+        loop {
+            if let Some(r) = self.try_exit() {
+                return Ok(r);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ProcessError::Timeout {
+                    name: self.name.clone(),
+                });
+            }
+            // Wait on the pidfd (or the socket) instead of sleeping blindly.
+            let left = deadline.map_or(100, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(100) as i32
+            });
+            let fd = self
+                .pidfd
+                .as_ref()
+                .map(|f| f.as_fd())
+                .unwrap_or_else(|| self.channel.as_fd());
+            if sysp::poll(&[fd], left.max(1)).is_err() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Read what the child sent (so it can finish writing, and we see panic reports).
+            if self.pidfd.is_some() {
+                self.drain_side_frames();
+            } else if let Ok(()) = self.channel.wait_readable(Some(Instant::now())) {
+                match self.channel.recv_frame() {
+                    Ok((k, b)) => self.side_frame(k, &b),
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }
+    }
+
+    /// Waits for the child to exit on its own.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Died`] if it did not exit cleanly (code ≠ 0, signal, panic, `run`
+    /// error); I/O errors.
+    pub fn join(&mut self) -> Result<(), ProcessError> {
+        let reason = self.wait_exit(None)?;
+        self.check(reason)
+    }
+
+    fn check(&self, reason: ExitReason) -> Result<(), ProcessError> {
+        if reason.is_success() {
+            Ok(())
+        } else {
+            Err(ProcessError::Died {
+                name: self.name.clone(),
+                pid: self.pid,
+                reason,
+            })
+        }
+    }
+
+    /// Asks the child to stop (its `Context::recv` returns `None`) and waits up to `grace` for
+    /// it to exit; kills it (SIGKILL) after that.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Died`] if it did not exit cleanly (including being killed after the
+    /// grace period).
+    pub fn stop(&mut self, grace: Duration) -> Result<(), ProcessError> {
+        if self.exit.is_none() {
+            let _ = self.channel.send_frame(down::STOP, &[]);
+        }
+        match self.wait_exit(Some(Instant::now() + grace)) {
+            Ok(r) => self.check(r),
+            Err(ProcessError::Timeout { .. }) => {
+                self.kill();
+                let r = self.wait_exit(None)?;
+                self.check(r)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Kills the child with SIGKILL (it is reaped by the next `join`, `try_exit` or drop).
+    pub fn kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = sysp::kill(self.pid, 9);
+        }
+    }
+
+    /// Sends a signal to the child.
+    ///
+    /// # Errors
+    ///
+    /// If the child is gone (`ESRCH`).
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        sysp::kill(self.pid, sig)
+    }
+}
+
+impl<Req, Rep> AsFd for Process<Req, Rep> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.channel.as_fd()
+    }
+}
+
+impl<Req, Rep> Drop for Process<Req, Rep> {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            if let Ok(None) = sysp::try_wait(self.pid) {
+                let _ = sysp::kill(self.pid, 9);
+                let _ = sysp::wait(self.pid);
+            }
+        }
+    }
+}
