@@ -458,3 +458,81 @@ pub enum ProcessError {
         source: io::Error,
     },
 }
+
+/// Why one task of a pool failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task {index} failed on worker {worker}: {kind}")]
+pub struct TaskError {
+    /// The task's index in its map (0-based; 0 for `apply`).
+    pub index: u64,
+    /// The worker that ran it.
+    pub worker: usize,
+    /// What happened.
+    pub kind: TaskErrorKind,
+}
+
+/// What happened to a failed task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskErrorKind {
+    /// The task panicked; the worker caught it and went on.
+    Panicked {
+        /// The panic message.
+        message: String,
+        /// `file:line:column`.
+        location: String,
+    },
+    /// The worker process died while running the task (killed, e.g. by the OOM killer, or
+    /// crashed); it was replaced.
+    WorkerDied {
+        /// How the worker ended.
+        reason: ExitReason,
+    },
+    /// The task ran longer than the pool's task timeout; its worker was killed and replaced.
+    TimedOut {
+        /// The timeout.
+        after: std::time::Duration,
+    },
+}
+
+impl std::fmt::Display for TaskErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskErrorKind::Panicked { message, location } => {
+                write!(f, "panicked at {location}: {message}")
+            }
+            TaskErrorKind::WorkerDied { reason } => write!(f, "worker {reason}"),
+            TaskErrorKind::TimedOut { after } => write!(f, "timed out after {after:?}"),
+        }
+    }
+}
+
+/// A worker pool operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A task failed (`map`, `apply`, `AsyncResult::get`).
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// A worker could not be started.
+    #[error("could not start a worker")]
+    Spawn(#[from] SpawnError),
+    /// Workers keep dying before they finish `worker_init`: the pool gave up.
+    #[error("worker {worker} died {attempts} times in a row during worker_init: {reason}")]
+    WorkerInit {
+        /// Worker id.
+        worker: usize,
+        /// Consecutive failures.
+        attempts: u32,
+        /// How the last attempt ended.
+        reason: ExitReason,
+    },
+    /// `AsyncResult::get_timeout` ran out of time.
+    #[error("timed out waiting for a task result")]
+    Timeout,
+    /// Talking to a worker failed in a way that is not a worker death.
+    #[error("worker control channel failed")]
+    Process(#[source] ProcessError),
+    /// An OS error (polling, shared status block).
+    #[error("worker pool I/O error")]
+    Io(#[source] io::Error),
+}

@@ -110,7 +110,7 @@ pub use array::{DType, Element};
 pub use error::{
     AttachError, ChannelError, CreateError, ExitReason, LayoutError, NameError, OpenError,
     ProcessError, RecvError, RecvTimeoutError, ReserveError, ReserveTimeoutError, ShapeError,
-    SpawnError, TryRecvError, TryReserveError,
+    SpawnError, TryRecvError, TryReserveError, PoolError, TaskError, TaskErrorKind,
 };
 #[cfg(not(loom))]
 pub use ring::{

@@ -15,9 +15,14 @@
 
 mod control;
 mod logfwd;
+mod pool;
 mod spawn;
 
 pub use control::{channel, wait_any, Receiver, Sender};
+pub use pool::{
+    AsyncResult, FnTaskOf, Imap, ImapUnordered, NoTask, PoolBuilder, Task, WorkerInfo,
+    WorkerInsight, WorkerPool,
+};
 pub use spawn::{
     init, thread_count, Backend, BoxError, Context, Init, Process, ProcessBuilder, StartMethod,
 };

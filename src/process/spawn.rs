@@ -492,13 +492,6 @@ impl Init {
         self
     }
 
-    /// Adds the pool's worker entry point for tasks of type `F` (see
-    /// [`WorkerPool`](super::WorkerPool) with [`StartMethod::Reexec`]).
-    pub(crate) fn register_raw(mut self, name: &'static str, f: EntryFn) -> Self {
-        self.entries.push((name, f));
-        self
-    }
-
     /// In a re-executed child: runs the requested entry and exits. Otherwise returns.
     pub fn run(self) {
         let Ok(entry) = std::env::var(ENV_ENTRY) else {
@@ -654,6 +647,57 @@ impl<Req: Serialize, Rep: DeserializeOwned> Process<Req, Rep> {
         }
     }
 
+    /// Returns a reply if one has fully arrived, without waiting (log records and panic
+    /// reports that arrive are handled on the way).
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Died`] if the child has ended and sent nothing more.
+    pub fn try_recv(&mut self) -> Result<Option<Rep>, ProcessError> {
+        loop {
+            match self.channel.wait_readable(Some(Instant::now())) {
+                Err(ChannelError::Timeout) => return Ok(None),
+                Err(source) => {
+                    return Err(ProcessError::Channel {
+                        name: self.name.clone(),
+                        source,
+                    })
+                }
+                Ok(()) => {}
+            }
+            match self.channel.recv_frame() {
+                Ok((up::REPLY, bytes)) => {
+                    return decode(&bytes)
+                        .map(Some)
+                        .map_err(|source| ProcessError::Channel {
+                            name: self.name.clone(),
+                            source,
+                        })
+                }
+                Ok((kind, bytes)) => self.side_frame(kind, &bytes),
+                Err(ChannelError::Disconnected) => return Err(self.died()),
+                Err(source) => {
+                    return Err(ProcessError::Channel {
+                        name: self.name.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sends any value that serialises like a `Req` (a borrowed form of it, to avoid a copy).
+    pub(crate) fn send_encoded<T: Serialize>(&mut self, v: &T) -> Result<(), ProcessError> {
+        match self.channel.send_frame(down::REQUEST, &encode(v)) {
+            Ok(()) => Ok(()),
+            Err(ChannelError::Disconnected) => Err(self.died()),
+            Err(source) => Err(ProcessError::Channel {
+                name: self.name.clone(),
+                source,
+            }),
+        }
+    }
+
     /// Waits for the next reply.
     ///
     /// # Errors
@@ -802,6 +846,13 @@ impl<Req: Serialize, Rep: DeserializeOwned> Process<Req, Rep> {
                 self.check(r)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the child to stop without waiting for it.
+    pub(crate) fn request_stop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.channel.send_frame(down::STOP, &[]);
         }
     }
 

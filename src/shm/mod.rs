@@ -624,3 +624,51 @@ mod tests {
         ));
     }
 }
+
+/// A block of `u64` counters in a named segment, shared by a process and its children (a
+/// worker pool's per-worker status). Created zeroed; children made by fork inherit the
+/// mapping, re-executed ones [`Counters::open`] it by name.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    segment: Segment,
+    len: usize,
+}
+
+impl Counters {
+    /// Creates a block of `len` counters (all 0) under a fresh name.
+    pub(crate) fn create(tag: &str, len: usize) -> Result<Counters, SegmentCreateError> {
+        let bytes = (len.max(1) * 8).next_multiple_of(4096);
+        let name = format!(
+            "{tag}-{}-{:x}",
+            crate::sys::getpid(),
+            crate::sys::random_u64() & 0xffff_ffff
+        );
+        let segment = Segment::create(&name, bytes)?;
+        segment.publish(0o600).map_err(SegmentCreateError::Io)?;
+        Ok(Counters { segment, len })
+    }
+
+    /// Opens a block made by [`Counters::create`] (it is never the owner).
+    pub(crate) fn open(name: &str, len: usize) -> Result<Counters, SegmentOpenError> {
+        let (segment, _) = Segment::open(name, len * 8)?;
+        Ok(Counters { segment, len })
+    }
+
+    /// The segment's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.segment.name
+    }
+
+    /// Counter `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= len` (a bug in the caller).
+    pub(crate) fn get(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < self.len, "counter {i} out of range");
+        // SAFETY: the mapping is at least len * 8 bytes (checked at create/open), page-aligned,
+        // so counter i is in bounds and 8-aligned; AtomicU64 is valid for any bit pattern and
+        // may be shared between processes.
+        unsafe { &*(self.segment.as_ptr().add(i * 8) as *const std::sync::atomic::AtomicU64) }
+    }
+}

@@ -1,0 +1,412 @@
+//! WorkerPool tests (`harness = false`: fork needs a single-threaded parent, and libtest runs
+//! tests on threads). Each scenario runs in sequence; the last ones start threads.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shmflow::process::{self, Task, WorkerInfo, WorkerPool};
+use shmflow::{ExitReason, PoolError, TaskErrorKind};
+
+fn map_orders_and_unordered_covers() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .build(|_: &mut (), _, x: u64| x * 2)
+        .unwrap();
+    let out = pool.map(0..10_000u64).unwrap();
+    assert_eq!(out, (0..10_000).map(|x| x * 2).collect::<Vec<_>>());
+    let mut un = pool.map_unordered(0..1000u64).unwrap();
+    un.sort_unstable();
+    assert_eq!(un, (0..1000).map(|x| (x, x * 2)).collect::<Vec<_>>());
+    // imap pulls lazily: an endless input works.
+    let first: Vec<u64> = pool.imap(0u64..).take(100).map(|r| r.unwrap()).collect();
+    assert_eq!(first, (0..100).map(|x| x * 2).collect::<Vec<_>>());
+    // and the pool is still fine afterwards
+    assert_eq!(pool.map(vec![5u64]).unwrap(), vec![10]);
+    let mut seen = HashSet::new();
+    for r in pool.imap_unordered(0..500u64) {
+        let (i, v) = r.unwrap();
+        assert_eq!(v, i * 2);
+        assert!(seen.insert(i));
+    }
+    assert_eq!(seen.len(), 500);
+}
+
+fn init_exit_state_and_worker_id() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .chunk_size(7)
+        .worker_init(|w: &WorkerInfo| (w.id, 0u64))
+        .worker_exit(|_w, state: (usize, u64)| state.1)
+        .build(|state: &mut (usize, u64), w, x: u64| {
+            assert_eq!(state.0, w.id);
+            state.1 += 1;
+            (w.id, x)
+        })
+        .unwrap();
+    let out = pool.map(0..1000u64).unwrap();
+    assert_eq!(
+        out.iter().map(|(_, x)| *x).collect::<Vec<_>>(),
+        (0..1000).collect::<Vec<_>>()
+    );
+    let ids: HashSet<usize> = out.iter().map(|(w, _)| *w).collect();
+    assert!(ids.iter().all(|w| *w < 2));
+    let insights = pool.insights();
+    assert_eq!(insights.iter().map(|i| i.tasks).sum::<u64>(), 1000);
+    let exits = pool.shutdown();
+    assert_eq!(exits.len(), 2, "one exit value per worker: {exits:?}");
+    assert_eq!(
+        exits.iter().sum::<u64>(),
+        1000,
+        "per-worker state counted every task"
+    );
+}
+
+fn panics_are_reported_and_the_pool_goes_on() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .build(|_: &mut (), _, x: u64| {
+            if x == 13 {
+                panic!("unlucky {x}");
+            }
+            x
+        })
+        .unwrap();
+    match pool.map(0..100u64) {
+        Err(PoolError::Task(e)) => {
+            assert_eq!(e.index, 13);
+            assert!(e.worker < 2);
+            match e.kind {
+                TaskErrorKind::Panicked { message, location } => {
+                    assert_eq!(message, "unlucky 13");
+                    assert!(location.contains("tests/pool.rs"), "{location}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    let results: Vec<_> = pool.imap(0..20u64).collect();
+    assert!(results[13].is_err());
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 19);
+    assert_eq!(pool.map(20..30u64).unwrap(), (20..30).collect::<Vec<_>>());
+}
+
+fn killed_worker_fails_exactly_its_task() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .chunk_size(10)
+        .build(|_: &mut (), _, x: u64| {
+            if x == 37 {
+                // What the OOM killer does.
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &std::process::id().to_string()])
+                    .status();
+                std::thread::sleep(Duration::from_secs(10));
+            }
+            x + 1
+        })
+        .unwrap();
+    let pids_before = pool.pids();
+    let results: Vec<_> = pool.imap(0..100u64).collect();
+    for (i, r) in results.iter().enumerate() {
+        if i == 37 {
+            match r {
+                Err(PoolError::Task(e)) => match &e.kind {
+                    TaskErrorKind::WorkerDied {
+                        reason: ExitReason::Signaled { name, .. },
+                    } => assert_eq!(name, "SIGKILL"),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("task 37: {other:?}"),
+            }
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64 + 1, "task {i}");
+        }
+    }
+    assert_eq!(pool.insights().iter().map(|i| i.restarts).sum::<u64>(), 1);
+    let _ = pids_before;
+    assert_eq!(pool.pids().len(), 2, "the dead worker was replaced");
+}
+
+fn timeouts_kill_and_replace() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .task_timeout(Duration::from_millis(300))
+        .build(|_: &mut (), _, x: u64| {
+            if x == 3 {
+                std::thread::sleep(Duration::from_secs(30));
+            }
+            x
+        })
+        .unwrap();
+    let t = Instant::now();
+    let results: Vec<_> = pool.imap(0..10u64).collect();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    for (i, r) in results.iter().enumerate() {
+        if i == 3 {
+            assert!(
+                matches!(r, Err(PoolError::Task(e)) if matches!(e.kind, TaskErrorKind::TimedOut { .. })),
+                "{r:?}"
+            );
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+}
+
+fn lifespan_and_keep_alive() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .lifespan(10)
+        .worker_exit(|_, _: ()| 1u32)
+        .build(|_: &mut (), _, x: u64| x)
+        .unwrap();
+    assert_eq!(pool.map(0..100u64).unwrap().len(), 100);
+    let restarts: u64 = pool.insights().iter().map(|i| i.restarts).sum();
+    assert!(
+        restarts >= 8,
+        "100 tasks, lifespan 10, 2 workers: {restarts} restarts"
+    );
+    let exits = pool.shutdown();
+    assert!(exits.len() >= 10, "{} exit values", exits.len());
+
+    let kept = WorkerPool::builder()
+        .workers(2)
+        .build(|_: &mut (), _, x: u64| x)
+        .unwrap();
+    kept.map(0..10u64).unwrap();
+    let a: HashSet<u32> = kept.pids().into_iter().collect();
+    kept.map(0..10u64).unwrap();
+    let b: HashSet<u32> = kept.pids().into_iter().collect();
+    assert_eq!(a, b, "keep-alive reuses the workers");
+
+    let fresh = WorkerPool::builder()
+        .workers(2)
+        .keep_alive(false)
+        .build(|_: &mut (), _, _x: u64| std::process::id())
+        .unwrap();
+    let a: HashSet<u32> = fresh.map(0..50u64).unwrap().into_iter().collect();
+    assert!(
+        fresh.pids().is_empty(),
+        "keep_alive(false) stops workers after a map"
+    );
+    let b: HashSet<u32> = fresh.map(0..50u64).unwrap().into_iter().collect();
+    assert!(a.is_disjoint(&b), "new workers for the next map");
+}
+
+fn apply_and_apply_async() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .build(|_: &mut (), _, x: u64| x * x)
+        .unwrap();
+    assert_eq!(pool.apply(12).unwrap(), 144);
+    let handles: Vec<_> = (0..10u64).map(|x| pool.apply_async(x)).collect();
+    let got: Vec<u64> = handles.into_iter().map(|h| h.get().unwrap()).collect();
+    assert_eq!(got, (0..10).map(|x| x * x).collect::<Vec<_>>());
+    let slow = WorkerPool::builder()
+        .workers(1)
+        .build(|_: &mut (), _, ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
+        })
+        .unwrap();
+    let h = slow.apply_async(500);
+    assert!(matches!(
+        h.get_timeout(Duration::from_millis(50)),
+        Err(PoolError::Timeout)
+    ));
+    assert_eq!(h.get_timeout(Duration::from_secs(10)).unwrap(), 500);
+}
+
+fn init_failures_give_up() {
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .worker_init(|_| -> u32 { panic!("cannot connect to the database") })
+        .build(|_: &mut u32, _, x: u64| x)
+        .unwrap();
+    match pool.map(0..10u64) {
+        Err(PoolError::WorkerInit {
+            attempts, reason, ..
+        }) => {
+            assert_eq!(attempts, 3);
+            assert!(
+                matches!(reason, ExitReason::Panicked { ref message, .. } if message.contains("database")),
+                "{reason:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn nested_pools_work() {
+    let outer = WorkerPool::builder()
+        .workers(2)
+        .build(|_: &mut (), _, x: u64| {
+            let inner = WorkerPool::builder()
+                .workers(2)
+                .build(|_: &mut (), _, y: u64| y + 1)
+                .unwrap();
+            inner.map(0..x).unwrap().into_iter().sum::<u64>()
+        })
+        .unwrap();
+    assert_eq!(outer.map(vec![3u64, 4]).unwrap(), vec![6, 10]);
+}
+
+fn children() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("stat"))
+                .map(|s| {
+                    s.rsplit(')').next().unwrap_or("").split_whitespace().nth(1)
+                        == Some(me.as_str())
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+fn segments() -> usize {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains(&format!("pool-{}-", std::process::id()))
+        })
+        .count()
+}
+
+fn start_stop_leaves_nothing() {
+    let before = children();
+    for _ in 0..20 {
+        let pool = WorkerPool::builder()
+            .workers(2)
+            .build(|_: &mut (), _, x: u64| x)
+            .unwrap();
+        assert_eq!(pool.map(0..10u64).unwrap().len(), 10);
+    }
+    assert_eq!(children(), before, "no worker processes left");
+    assert_eq!(segments(), 0, "no status segments left");
+}
+
+fn progress_bar_does_not_break_output() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .progress_bar(true)
+        .build(|_: &mut (), _, x: u64| x)
+        .unwrap();
+    assert_eq!(pool.map(0..5000u64).unwrap().len(), 5000);
+}
+
+/// A task type for the re-exec start method: its fields are the shared read-only data, sent
+/// once to each worker.
+#[derive(Serialize, Deserialize)]
+struct Scale {
+    factor: u64,
+}
+
+impl Task for Scale {
+    type Input = u64;
+    type Output = u64;
+    type State = u64;
+    type ExitValue = u64;
+    fn init(&self, w: &WorkerInfo) -> u64 {
+        w.id as u64
+    }
+    fn call(&self, state: &mut u64, _w: &WorkerInfo, x: u64) -> u64 {
+        *state += 1;
+        x * self.factor
+    }
+    fn exit(&self, state: u64, _w: &WorkerInfo) -> u64 {
+        state
+    }
+}
+
+fn reexec_pool_from_a_threaded_parent() {
+    let _t = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200)));
+    assert!(matches!(
+        WorkerPool::builder()
+            .workers(1)
+            .build(|_: &mut (), _, x: u64| x)
+            .unwrap()
+            .map(0..1u64),
+        Err(PoolError::Spawn(shmflow::SpawnError::Threads { .. }))
+    ));
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .build_reexec(Scale { factor: 3 })
+        .unwrap();
+    assert_eq!(
+        pool.map(0..100u64).unwrap(),
+        (0..100).map(|x| x * 3).collect::<Vec<_>>()
+    );
+    let exits = pool.shutdown();
+    // state starts at the worker id and counts tasks
+    assert_eq!(exits.iter().sum::<u64>(), 100 + 1);
+}
+
+fn main() {
+    process::init().register_pool::<Scale>().run();
+    let tests: &[(&str, fn())] = &[
+        (
+            "map_orders_and_unordered_covers",
+            map_orders_and_unordered_covers,
+        ),
+        (
+            "init_exit_state_and_worker_id",
+            init_exit_state_and_worker_id,
+        ),
+        (
+            "panics_are_reported_and_the_pool_goes_on",
+            panics_are_reported_and_the_pool_goes_on,
+        ),
+        (
+            "killed_worker_fails_exactly_its_task",
+            killed_worker_fails_exactly_its_task,
+        ),
+        ("timeouts_kill_and_replace", timeouts_kill_and_replace),
+        ("lifespan_and_keep_alive", lifespan_and_keep_alive),
+        ("apply_and_apply_async", apply_and_apply_async),
+        ("init_failures_give_up", init_failures_give_up),
+        ("nested_pools_work", nested_pools_work),
+        ("start_stop_leaves_nothing", start_stop_leaves_nothing),
+        (
+            "progress_bar_does_not_break_output",
+            progress_bar_does_not_break_output,
+        ),
+        // Last: starts a thread, after which this process may no longer fork.
+        (
+            "reexec_pool_from_a_threaded_parent",
+            reexec_pool_from_a_threaded_parent,
+        ),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, f) in tests {
+        if !filter.is_empty() && !filter.iter().any(|p| name.contains(p.as_str())) {
+            continue;
+        }
+        let t = Instant::now();
+        let ok = std::panic::catch_unwind(f).is_ok();
+        println!(
+            "test {name} ... {} ({:.2?})",
+            if ok { "ok" } else { "FAILED" },
+            t.elapsed()
+        );
+        if ok {
+            passed += 1
+        } else {
+            failed += 1
+        }
+    }
+    println!("\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n", if failed == 0 { "ok" } else { "FAILED" });
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
