@@ -21,30 +21,96 @@ use crate::sys::process as sysp;
 const MAX_FRAME: u64 = 1 << 30;
 
 /// The untyped end of a channel: whole frames in, whole frames out.
+///
+/// Reads are buffered (one `read` usually brings a whole small frame, or several), and a frame
+/// is written with one `write`. Because of the buffer, "the fd is readable" and "a frame is
+/// available" differ: [`RawChannel::wait_readable`] checks the buffer first, and users that
+/// poll the fd must drain with `try_recv` until it reports nothing before polling again.
 #[derive(Debug)]
 pub(crate) struct RawChannel {
     stream: UnixStream,
+    buf: Vec<u8>,
+    start: usize,
 }
 
 impl RawChannel {
     /// A connected pair.
     pub(crate) fn pair() -> io::Result<(RawChannel, RawChannel)> {
         let (a, b) = UnixStream::pair()?;
-        Ok((RawChannel { stream: a }, RawChannel { stream: b }))
+        Ok((RawChannel::new(a), RawChannel::new(b)))
     }
 
     /// Wraps an inherited fd (a re-executed child's control socket).
     pub(crate) fn from_fd(fd: OwnedFd) -> RawChannel {
+        RawChannel::new(UnixStream::from(fd))
+    }
+
+    fn new(stream: UnixStream) -> RawChannel {
         RawChannel {
-            stream: UnixStream::from(fd),
+            stream,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Length of the complete frame at the front of the buffer, if there is one.
+    fn complete_frame(&self) -> Result<Option<usize>, ChannelError> {
+        let b = self.buffered();
+        if b.len() < 4 {
+            return Ok(None);
+        }
+        let len = u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if len == 0 || len > MAX_FRAME {
+            return Err(ChannelError::TooLarge(len));
+        }
+        Ok((b.len() as u64 >= 4 + len).then_some(4 + len as usize))
+    }
+
+    /// One `read` into the buffer (blocks until at least one byte or EOF).
+    fn fill(&mut self) -> Result<(), ChannelError> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > (1 << 16) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let old = self.buf.len();
+        let want = match self.complete_frame() {
+            Ok(None) if self.buffered().len() >= 4 => {
+                let b = self.buffered();
+                let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                (4 + len - b.len()).max(1 << 16)
+            }
+            _ => 1 << 16,
+        };
+        self.buf.resize(old + want, 0);
+        loop {
+            match self.stream.read(&mut self.buf[old..]) {
+                Ok(0) => {
+                    self.buf.truncate(old);
+                    return Err(ChannelError::Disconnected);
+                }
+                Ok(n) => {
+                    self.buf.truncate(old + n);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(io_err(e));
+                }
+            }
         }
     }
 
     /// A second handle on the same socket (for a writer shared with a logger).
     pub(crate) fn try_clone(&self) -> io::Result<RawChannel> {
-        Ok(RawChannel {
-            stream: self.stream.try_clone()?,
-        })
+        Ok(RawChannel::new(self.stream.try_clone()?))
     }
 
     pub(crate) fn send_frame(&mut self, kind: u8, payload: &[u8]) -> Result<(), ChannelError> {
@@ -52,33 +118,33 @@ impl RawChannel {
         if len > MAX_FRAME {
             return Err(ChannelError::TooLarge(len));
         }
-        let mut head = [0u8; 5];
-        head[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        head[4] = kind;
-        let r = self
-            .stream
-            .write_all(&head)
-            .and_then(|_| self.stream.write_all(payload));
-        r.map_err(io_err)
+        let mut frame = Vec::with_capacity(5 + payload.len());
+        frame.extend_from_slice(&(len as u32).to_le_bytes());
+        frame.push(kind);
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).map_err(io_err)
     }
 
-    /// Blocks until a whole frame arrives.
+    /// Blocks until a whole frame is available.
     pub(crate) fn recv_frame(&mut self) -> Result<(u8, Vec<u8>), ChannelError> {
-        let mut head = [0u8; 4];
-        self.stream.read_exact(&mut head).map_err(io_err)?;
-        let len = u64::from(u32::from_le_bytes(head));
-        if len == 0 || len > MAX_FRAME {
-            return Err(ChannelError::TooLarge(len));
+        loop {
+            if let Some(n) = self.complete_frame()? {
+                let b = self.buffered();
+                let kind = b[4];
+                let payload = b[5..n].to_vec();
+                self.start += n;
+                return Ok((kind, payload));
+            }
+            self.fill()?;
         }
-        let mut kind = [0u8; 1];
-        self.stream.read_exact(&mut kind).map_err(io_err)?;
-        let mut payload = vec![0u8; (len - 1) as usize];
-        self.stream.read_exact(&mut payload).map_err(io_err)?;
-        Ok((kind[0], payload))
     }
 
-    /// Waits until a frame starts arriving (or the peer hangs up), at most until `deadline`.
+    /// Waits until a frame is buffered or starts arriving (or the peer hangs up), at most
+    /// until `deadline`.
     pub(crate) fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), ChannelError> {
+        if self.complete_frame()?.is_some() {
+            return Ok(());
+        }
         loop {
             let timeout_ms = match deadline {
                 None => -1,
@@ -282,7 +348,7 @@ mod tests {
     #[test]
     fn wrong_type_is_a_decode_error() {
         let ((mut tx, _r), (_t, mut rx)) = channel::<String, ()>().unwrap();
-        let mut raw_rx: Receiver<u64> = Receiver::new(rx.raw.try_clone().unwrap());
+        let mut raw_rx: Receiver<bool> = Receiver::new(rx.raw.try_clone().unwrap());
         tx.send(&"not a number, definitely not".to_string())
             .unwrap();
         assert!(matches!(raw_rx.recv(), Err(ChannelError::Decode(_))));

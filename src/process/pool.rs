@@ -132,18 +132,22 @@ enum PoolCmdRef<'a, I> {
     },
 }
 
+/// A task of a chunk that panicked: its offset in the chunk, message and location.
 #[derive(Serialize, Deserialize)]
-pub(crate) enum Outcome<O> {
-    Ok(O),
-    Panicked { message: String, location: String },
+pub(crate) struct Failure {
+    offset: u64,
+    message: String,
+    location: String,
 }
 
 #[derive(Serialize, Deserialize)]
 pub(crate) enum WorkerMsg<O, E> {
+    /// The outputs of a chunk's successful tasks, in order, and its failed tasks.
     Results {
         job: u64,
         first: u64,
-        results: Vec<Outcome<O>>,
+        outputs: Vec<O>,
+        failures: Vec<Failure>,
     },
     Exit(E),
 }
@@ -270,27 +274,35 @@ where
             let t = now();
             let n = items.len() as u64;
             s.set(st::JOB, job);
-            let mut results = Vec::with_capacity(items.len());
-            for (k, item) in items.into_iter().enumerate() {
-                s.set(st::CURRENT, first + k as u64 + 1);
-                if self.timed {
-                    s.set(st::STARTED, sys::monotonic_ns());
-                }
-                IN_TASK.with(|t| t.set(true));
+            let mut outputs = Vec::with_capacity(items.len());
+            let mut failures = Vec::new();
+            let mut items = items.into_iter().enumerate();
+            // One catch_unwind per chunk, re-entered after a panic, so the common case costs
+            // nothing per task.
+            IN_TASK.with(|t| t.set(true));
+            loop {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.task.call(&mut state, &self.info, item)
-                }));
-                IN_TASK.with(|t| t.set(false));
-                results.push(match r {
-                    Ok(o) => Outcome::Ok(o),
-                    Err(_) => {
-                        let (message, location) = LAST_PANIC
-                            .with(|p| p.borrow_mut().take())
-                            .unwrap_or_else(|| ("panic".into(), String::new()));
-                        Outcome::Panicked { message, location }
+                    for (k, item) in items.by_ref() {
+                        s.set(st::CURRENT, first + k as u64 + 1);
+                        if self.timed {
+                            s.set(st::STARTED, sys::monotonic_ns());
+                        }
+                        outputs.push(self.task.call(&mut state, &self.info, item));
                     }
+                }));
+                if r.is_ok() {
+                    break;
+                }
+                let (message, location) = LAST_PANIC
+                    .with(|p| p.borrow_mut().take())
+                    .unwrap_or_else(|| ("panic".into(), String::new()));
+                failures.push(Failure {
+                    offset: s.get(st::CURRENT) - 1 - first,
+                    message,
+                    location,
                 });
             }
+            IN_TASK.with(|t| t.set(false));
             s.set(st::CURRENT, 0);
             s.add(st::NS_WORKING, ns(t));
             s.add(st::TASKS, n);
@@ -298,7 +310,8 @@ where
             ctx.reply(&WorkerMsg::Results {
                 job,
                 first,
-                results,
+                outputs,
+                failures,
             })?;
             if self.lifespan.is_some_and(|l| done >= l) {
                 break;
@@ -335,6 +348,32 @@ struct Slot<T: Task> {
     exited: bool,
 }
 
+/// Results of consecutive tasks: the successful outputs in order, and the failures with
+/// their offsets (ascending).
+pub(crate) struct Ready<O> {
+    outputs: std::vec::IntoIter<O>,
+    failures: VecDeque<(u64, TaskError)>,
+    pos: u64,
+}
+
+impl<O> Ready<O> {
+    fn len(&self) -> u64 {
+        (self.outputs.len() + self.failures.len()) as u64
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn pop(&mut self) -> Option<Result<O, TaskError>> {
+        if self.failures.front().is_some_and(|(o, _)| *o == self.pos) {
+            self.pos += 1;
+            return self.failures.pop_front().map(|(_, e)| Err(e));
+        }
+        let v = self.outputs.next()?;
+        self.pos += 1;
+        Some(Ok(v))
+    }
+}
+
 /// One map/imap/apply in progress.
 struct Job<T: Task> {
     feeder: Option<Box<dyn Iterator<Item = T::Input>>>,
@@ -342,7 +381,7 @@ struct Job<T: Task> {
     delivered: u64,
     chunk: usize,
     /// Results by the index of their first task.
-    ready: BTreeMap<u64, VecDeque<Result<T::Output, TaskError>>>,
+    ready: BTreeMap<u64, Ready<T::Output>>,
     next: u64,
     ordered: bool,
     progress: Option<indicatif::ProgressBar>,
@@ -504,10 +543,10 @@ impl<T: Task> Inner<T> {
         Ok(())
     }
 
-    fn deliver(&mut self, job: u64, first: u64, results: Vec<Result<T::Output, TaskError>>) {
+    fn deliver(&mut self, job: u64, first: u64, ready: Ready<T::Output>) {
         if let Some(j) = self.jobs.get_mut(&job) {
-            if !results.is_empty() {
-                j.ready.insert(first, results.into());
+            if !ready.is_empty() {
+                j.ready.insert(first, ready);
             }
         }
     }
@@ -517,7 +556,8 @@ impl<T: Task> Inner<T> {
             WorkerMsg::Results {
                 job,
                 first,
-                results,
+                outputs,
+                failures,
             } => {
                 let slot = &mut self.slots[w];
                 if let Some(pos) = slot
@@ -527,19 +567,29 @@ impl<T: Task> Inner<T> {
                 {
                     slot.in_flight.remove(pos);
                 }
-                let results = results
+                let failures = failures
                     .into_iter()
-                    .enumerate()
-                    .map(|(k, o)| match o {
-                        Outcome::Ok(v) => Ok(v),
-                        Outcome::Panicked { message, location } => Err(TaskError {
-                            index: first + k as u64,
+                    .map(|f| {
+                        let e = TaskError {
+                            index: first + f.offset,
                             worker: w,
-                            kind: TaskErrorKind::Panicked { message, location },
-                        }),
+                            kind: TaskErrorKind::Panicked {
+                                message: f.message,
+                                location: f.location,
+                            },
+                        };
+                        (f.offset, e)
                     })
                     .collect();
-                self.deliver(job, first, results);
+                self.deliver(
+                    job,
+                    first,
+                    Ready {
+                        outputs: outputs.into_iter(),
+                        failures,
+                        pos: 0,
+                    },
+                );
             }
             WorkerMsg::Exit(e) => {
                 self.exit_values.push(e);
@@ -607,14 +657,19 @@ impl<T: Task> Inner<T> {
                         reason: reason.clone(),
                     }
                 };
+                let failure = TaskError {
+                    index: idx,
+                    worker: w,
+                    kind,
+                };
                 self.deliver(
                     c.job,
                     idx,
-                    vec![Err(TaskError {
-                        index: idx,
-                        worker: w,
-                        kind,
-                    })],
+                    Ready {
+                        outputs: Vec::new().into_iter(),
+                        failures: VecDeque::from([(0, failure)]),
+                        pos: 0,
+                    },
                 );
                 if !after.is_empty() {
                     redo.push(Chunk {
@@ -742,13 +797,14 @@ impl<T: Task> Inner<T> {
         id
     }
 
-    /// Next result of `job`: `(index, result)`, or `None` when the job is complete.
+    /// The next chunk of results of `job` (in order for ordered jobs): `(index of the first,
+    /// results)`, or `None` when the job is complete.
     #[allow(clippy::type_complexity)]
     fn take(
         &mut self,
         job: u64,
         deadline: Option<Instant>,
-    ) -> Result<Option<(u64, Result<T::Output, TaskError>)>, PoolError> {
+    ) -> Result<Option<(u64, Ready<T::Output>)>, PoolError> {
         loop {
             {
                 let Some(j) = self.jobs.get_mut(&job) else {
@@ -760,19 +816,16 @@ impl<T: Task> Inner<T> {
                     j.ready.keys().next().copied()
                 };
                 if let Some(first) = key {
-                    let mut q = j.ready.remove(&first).expect("key exists");
-                    let r = q.pop_front().expect("non-empty");
-                    if !q.is_empty() {
-                        j.ready.insert(first + 1, q);
-                    }
+                    let q = j.ready.remove(&first).expect("key exists");
+                    let n = q.len() as u64;
                     if j.ordered {
-                        j.next = first + 1;
+                        j.next = first + n;
                     }
-                    j.delivered += 1;
+                    j.delivered += n;
                     if let Some(bar) = &j.progress {
-                        bar.inc(1);
+                        bar.inc(n);
                     }
-                    return Ok(Some((first, r)));
+                    return Ok(Some((first, q)));
                 }
                 if j.finished() {
                     if let Some(bar) = &j.progress {
@@ -1228,17 +1281,26 @@ impl<T: Task> WorkerPool<T> {
         It: IntoIterator<Item = T::Input>,
         It::IntoIter: 'static,
     {
+        let mut it = self.imap(inputs);
         let mut out = Vec::new();
         let mut first_error = None;
-        for r in self.imap(inputs) {
-            match r {
-                Ok(v) => out.push(v),
-                Err(PoolError::Task(e)) => {
+        loop {
+            // Whole chunks at a time: a chunk without failures is appended in one go.
+            if let Some((_, ready)) = it.buf.as_mut() {
+                if ready.failures.is_empty() {
+                    out.extend(ready.outputs.by_ref());
+                    it.buf = None;
+                }
+            }
+            match it.next() {
+                Some(Ok(v)) => out.push(v),
+                Some(Err(PoolError::Task(e))) => {
                     if first_error.is_none() {
                         first_error = Some(e)
                     }
                 }
-                Err(e) => return Err(e),
+                Some(Err(e)) => return Err(e),
+                None => break,
             }
         }
         match first_error {
@@ -1290,6 +1352,7 @@ impl<T: Task> WorkerPool<T> {
             pool: self,
             job,
             done: false,
+            buf: None,
         }
     }
 
@@ -1304,6 +1367,7 @@ impl<T: Task> WorkerPool<T> {
             pool: self,
             job,
             done: false,
+            buf: None,
         })
     }
 
@@ -1392,6 +1456,8 @@ pub struct Imap<'p, T: Task> {
     pool: &'p WorkerPool<T>,
     job: u64,
     done: bool,
+    /// The chunk being handed out: index of its first task, and the results.
+    buf: Option<(u64, Ready<T::Output>)>,
 }
 
 impl<T: Task> std::fmt::Debug for Imap<'_, T> {
@@ -1402,13 +1468,22 @@ impl<T: Task> std::fmt::Debug for Imap<'_, T> {
 
 impl<T: Task> Imap<'_, T> {
     fn next_indexed(&mut self) -> Option<Result<(u64, T::Output), PoolError>> {
+        if let Some((first, ready)) = self.buf.as_mut() {
+            let i = *first + ready.pos;
+            if let Some(r) = ready.pop() {
+                return Some(r.map(|v| (i, v)).map_err(PoolError::Task));
+            }
+            self.buf = None;
+        }
         if self.done {
             return None;
         }
         let r = self.pool.lock().take(self.job, None);
         match r {
-            Ok(Some((i, Ok(v)))) => Some(Ok((i, v))),
-            Ok(Some((_, Err(e)))) => Some(Err(PoolError::Task(e))),
+            Ok(Some(chunk)) => {
+                self.buf = Some(chunk);
+                self.next_indexed()
+            }
             Ok(None) => {
                 self.done = true;
                 self.pool.after_job();
@@ -1475,10 +1550,12 @@ impl<T: Task> AsyncResult<'_, T> {
     fn wait(&self, deadline: Option<Instant>) -> Result<T::Output, PoolError> {
         let r = self.pool.lock().take(self.job, deadline);
         match r {
-            Ok(Some((_, r))) => {
+            Ok(Some((_, mut q))) => {
                 self.pool.lock().jobs.remove(&self.job);
                 self.pool.after_job();
-                r.map_err(PoolError::Task)
+                q.pop()
+                    .expect("a delivered chunk is not empty")
+                    .map_err(PoolError::Task)
             }
             Ok(None) => Err(PoolError::Process(ProcessError::Timeout {
                 name: "result already taken".into(),

@@ -492,7 +492,7 @@ mod tests {
         let _cleanup = Cleanup(name.clone());
         let seg = Segment::create(&name, 10_000).unwrap();
         assert_eq!(seg.len(), 10_000);
-        assert_eq!(seg.name(), name);
+        assert_eq!(seg.name, name);
         assert!(seg.is_owner());
         // SAFETY: the mapping is 10_000 bytes and nobody else uses it yet.
         unsafe {
