@@ -109,13 +109,13 @@ pub use array::{DType, Element};
 #[cfg(not(loom))]
 pub use error::{
     AttachError, ChannelError, CreateError, ExitReason, LayoutError, NameError, OpenError,
-    ProcessError, RecvError, RecvTimeoutError, ReserveError, ReserveTimeoutError, ShapeError,
-    SpawnError, TryRecvError, TryReserveError, PoolError, TaskError, TaskErrorKind,
+    PoolError, ProcessError, RecvError, RecvTimeoutError, ReserveError, ReserveTimeoutError,
+    ShapeError, SpawnError, TaskError, TaskErrorKind, TryRecvError, TryReserveError,
 };
 #[cfg(not(loom))]
 pub use ring::{
-    list, PeerStatus, ReadSlot, Reader, Ring, RingBuilder, RingInfo, RingStatus, WaitStrategy,
-    WriteSlot, Writer, DEFAULT_LIVENESS_INTERVAL, DEFAULT_MAX_READERS, DEFAULT_MAX_WRITERS,
-    DEFAULT_PERMISSIONS, DEFAULT_SLOTS,
+    inspect, list, reclaim_dead_peers, PeerStatus, ReadSlot, Reader, Ring, RingBuilder, RingInfo,
+    RingStatus, WaitStrategy, WriteSlot, Writer, DEFAULT_LIVENESS_INTERVAL, DEFAULT_MAX_READERS,
+    DEFAULT_MAX_WRITERS, DEFAULT_PERMISSIONS, DEFAULT_SLOTS,
 };
 pub use ring::{Backpressure, Mode, MAX_DIMS, MAX_PEERS, MAX_SLOTS};

@@ -380,63 +380,7 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     /// [`OpenError::Truncated`], [`OpenError::Corrupted`], [`OpenError::LayoutMismatch`] (the
     /// ring's dtype is not `T`, or its number of dimensions is not `D`'s), [`OpenError::Io`].
     pub fn open(name: &str) -> Result<Self, OpenError> {
-        let (segment, stat) = Segment::open(name, HEADER_BYTES as usize).map_err(|e| match e {
-            SegmentOpenError::Name(n) => OpenError::InvalidName(n),
-            SegmentOpenError::NotFound => OpenError::NotFound { name: name.into() },
-            SegmentOpenError::PermissionDenied => OpenError::PermissionDenied { name: name.into() },
-            SegmentOpenError::TooSmall { size, min } => {
-                if size == 0 {
-                    OpenError::NotReady { name: name.into() }
-                } else {
-                    OpenError::Truncated {
-                        name: name.into(),
-                        size,
-                        expected: min,
-                    }
-                }
-            }
-            SegmentOpenError::Io(source) => OpenError::Io {
-                name: name.into(),
-                source,
-            },
-        })?;
-        // SAFETY: the mapping is at least HEADER_BYTES long and page-aligned; Header is 256
-        // bytes of atomics, valid for any bit pattern.
-        let header = unsafe { &*(segment.as_ptr() as *const layout::Header) };
-        let started = Instant::now();
-        while header.ready.load(Acquire) == 0 {
-            // A creator zero-fills the segment and writes the magic before the ready word, so
-            // anything but 0 or our magic means a foreign object.
-            let magic = header.magic.load(Relaxed);
-            if magic != 0 && magic != layout::MAGIC {
-                return Err(OpenError::NotARing { name: name.into() });
-            }
-            if started.elapsed() > OPEN_READY_WAIT {
-                return Err(OpenError::NotReady { name: name.into() });
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let (layout, creator) = Layout::from_header(header, stat.size).map_err(|e| match e {
-            HeaderError::BadMagic => OpenError::NotARing { name: name.into() },
-            HeaderError::Version(found) => OpenError::VersionMismatch {
-                name: name.into(),
-                found,
-                expected: LAYOUT_VERSION,
-            },
-            HeaderError::Corrupt(what) => OpenError::Corrupted {
-                name: name.into(),
-                what: what.into(),
-            },
-            HeaderError::Params(p) => OpenError::Corrupted {
-                name: name.into(),
-                what: p.to_string(),
-            },
-            HeaderError::Truncated { size, expected } => OpenError::Truncated {
-                name: name.into(),
-                size,
-                expected,
-            },
-        })?;
+        let (segment, layout, creator) = open_segment(name)?;
         let rank_ok = D::NDIM.is_none_or(|n| n == layout.max_shape.len());
         if layout.dtype != T::DTYPE || !rank_ok {
             return Err(OpenError::LayoutMismatch {
@@ -446,13 +390,6 @@ impl<T: Element, D: Dimension> Ring<T, D> {
                     None => format!("{}", T::DTYPE),
                 },
                 found: format!("{} {:?}", layout.dtype, layout.max_shape),
-            });
-        }
-        if (segment.len() as u64) < layout.total_size {
-            return Err(OpenError::Truncated {
-                name: name.into(),
-                size: segment.len() as u64,
-                expected: layout.total_size,
             });
         }
         // SAFETY: the mapping covers total_size bytes (checked just above) and the layout was
@@ -629,6 +566,103 @@ impl<T: Element, D: Dimension> Ring<T, D> {
 /// If `/dev/shm` cannot be read.
 pub fn list() -> std::io::Result<Vec<String>> {
     Segment::list()
+}
+
+/// Opens and validates a segment's header without checking its dtype or rank.
+fn open_segment(name: &str) -> Result<(Segment, Layout, Creator), OpenError> {
+    let (segment, stat) = Segment::open(name, HEADER_BYTES as usize).map_err(|e| match e {
+        SegmentOpenError::Name(n) => OpenError::InvalidName(n),
+        SegmentOpenError::NotFound => OpenError::NotFound { name: name.into() },
+        SegmentOpenError::PermissionDenied => OpenError::PermissionDenied { name: name.into() },
+        SegmentOpenError::TooSmall { size, min } => {
+            if size == 0 {
+                OpenError::NotReady { name: name.into() }
+            } else {
+                OpenError::Truncated {
+                    name: name.into(),
+                    size,
+                    expected: min,
+                }
+            }
+        }
+        SegmentOpenError::Io(source) => OpenError::Io {
+            name: name.into(),
+            source,
+        },
+    })?;
+    // SAFETY: the mapping is at least HEADER_BYTES long and page-aligned; Header is 256
+    // bytes of atomics, valid for any bit pattern.
+    let header = unsafe { &*(segment.as_ptr() as *const layout::Header) };
+    let started = Instant::now();
+    while header.ready.load(Acquire) == 0 {
+        // A creator zero-fills the segment and writes the magic before the ready word, so
+        // anything but 0 or our magic means a foreign object.
+        let magic = header.magic.load(Relaxed);
+        if magic != 0 && magic != layout::MAGIC {
+            return Err(OpenError::NotARing { name: name.into() });
+        }
+        if started.elapsed() > OPEN_READY_WAIT {
+            return Err(OpenError::NotReady { name: name.into() });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (layout, creator) = Layout::from_header(header, stat.size).map_err(|e| match e {
+        HeaderError::BadMagic => OpenError::NotARing { name: name.into() },
+        HeaderError::Version(found) => OpenError::VersionMismatch {
+            name: name.into(),
+            found,
+            expected: LAYOUT_VERSION,
+        },
+        HeaderError::Corrupt(what) => OpenError::Corrupted {
+            name: name.into(),
+            what: what.into(),
+        },
+        HeaderError::Params(p) => OpenError::Corrupted {
+            name: name.into(),
+            what: p.to_string(),
+        },
+        HeaderError::Truncated { size, expected } => OpenError::Truncated {
+            name: name.into(),
+            size,
+            expected,
+        },
+    })?;
+    if (segment.len() as u64) < layout.total_size {
+        return Err(OpenError::Truncated {
+            name: name.into(),
+            size: segment.len() as u64,
+            expected: layout.total_size,
+        });
+    }
+    Ok((segment, layout, creator))
+}
+
+/// Reads the header and state of a ring of any element type (for tools such as
+/// `shmflow ls` / `inspect`). Attaches nothing.
+///
+/// # Errors
+///
+/// As for [`Ring::open`], except that any dtype and rank are accepted.
+pub fn inspect(name: &str) -> Result<(RingInfo, RingStatus), OpenError> {
+    let (segment, layout, creator) = open_segment(name)?;
+    // SAFETY: open_segment checked the mapping covers total_size and recomputed the layout
+    // with Layout::compute.
+    let shared = unsafe { Shared::from_segment(layout, segment) };
+    let ring = Ring::<u8>::from_parts(shared, name.to_owned(), creator);
+    Ok((ring.info(), ring.status()))
+}
+
+/// Checks every peer of the named ring (any dtype) and reclaims the dead ones; returns how
+/// many. For `shmflow gc` and monitoring.
+///
+/// # Errors
+///
+/// As for [`inspect`].
+pub fn reclaim_dead_peers(name: &str) -> Result<usize, OpenError> {
+    let (segment, layout, creator) = open_segment(name)?;
+    // SAFETY: as in `inspect`.
+    let shared = unsafe { Shared::from_segment(layout, segment) };
+    Ok(Ring::<u8>::from_parts(shared, name.to_owned(), creator).reclaim_dead_peers())
 }
 
 /// Converts a `Duration` timeout into a monotonic deadline in ns (saturating).
