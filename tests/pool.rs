@@ -350,6 +350,112 @@ fn reexec_pool_from_a_threaded_parent() {
     assert_eq!(exits.iter().sum::<u64>(), 100 + 1);
 }
 
+/// A camera: writes `n` frames whose pixels are `(seq + i) % 251` into a broadcast ring.
+#[derive(Serialize, Deserialize)]
+struct Camera {
+    ring: String,
+}
+
+impl process::Backend for Camera {
+    type Request = u64;
+    type Reply = u64;
+    fn run(self, ctx: &mut process::Context<u64, u64>) -> Result<(), process::BoxError> {
+        let ring = shmflow::Ring::<u8>::open(&self.ring)?;
+        let mut w = ring.writer()?;
+        while let Some(n) = ctx.recv()? {
+            for _ in 0..n {
+                let mut slot = w.reserve()?;
+                let seq = slot.seq();
+                for (i, b) in slot.as_mut_bytes().iter_mut().enumerate() {
+                    *b = ((seq as usize + i) % 251) as u8;
+                }
+                slot.commit();
+            }
+            ctx.reply(&n)?;
+        }
+        Ok(())
+    }
+}
+
+fn expected_mean(seq: u64, len: usize) -> f64 {
+    (0..len)
+        .map(|i| ((seq as usize + i) % 251) as f64)
+        .sum::<f64>()
+        / len as f64
+}
+
+fn frames_through_rings() {
+    use shmflow::{Backpressure, Mode, Ring};
+    let input = format!("t-frames-in-{}", std::process::id());
+    let output = format!("t-frames-out-{}", std::process::id());
+    let in_ring = Ring::<u8>::create(&input)
+        .shape([48, 64, 3])
+        .slots(8)
+        .max_readers(4)
+        .mode(Mode::Broadcast(Backpressure::Block))
+        .build()
+        .unwrap();
+    let out_ring = Ring::<f32>::create(&output)
+        .shape([2])
+        .slots(8)
+        .mode(Mode::Queue)
+        .max_readers(1)
+        .max_writers(4)
+        .build()
+        .unwrap();
+    let mut out_reader = out_ring.reader().unwrap();
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .build_frames::<u8, f32, f64, _>(&input, Some(&output), |_: &mut (), w, frame, out| {
+            let mean = frame.iter().map(|&b| f64::from(b)).sum::<f64>() / frame.len() as f64;
+            if let Some(out) = out {
+                let mut v = out.view_mut();
+                v[[0]] = mean as f32;
+                v[[1]] = w.id as f32;
+            }
+            mean
+        })
+        .unwrap();
+    pool.start().unwrap();
+    let mut camera = process::ProcessBuilder::new("camera")
+        .spawn(Camera {
+            ring: input.clone(),
+        })
+        .unwrap();
+    const N: u64 = 200;
+    camera.send(&N).unwrap();
+    let len = 48 * 64 * 3;
+    let mut tags = Vec::new();
+    for (seq, r) in pool.imap(0..N).enumerate() {
+        let mean = r.unwrap().unwrap();
+        assert!(
+            (mean - expected_mean(seq as u64, len)).abs() < 1e-9,
+            "frame {seq}"
+        );
+        while let Ok(f) = out_reader.try_recv() {
+            let tag = f.tag();
+            assert!((f64::from(f[[0]]) - expected_mean(tag, len)).abs() < 1e-3);
+            tags.push(tag);
+        }
+    }
+    while tags.len() < N as usize {
+        let f = out_reader.recv_timeout(Duration::from_secs(10)).unwrap();
+        tags.push(f.tag());
+    }
+    tags.sort_unstable();
+    assert_eq!(
+        tags,
+        (0..N).collect::<Vec<_>>(),
+        "one output frame per input frame"
+    );
+    assert_eq!(camera.recv().unwrap(), N);
+    camera.stop(Duration::from_secs(5)).unwrap();
+    assert!(
+        pool.insights().iter().all(|i| i.tasks > 0),
+        "both workers took frames"
+    );
+}
+
 fn main() {
     process::init().register_pool::<Scale>().run();
     let tests: &[(&str, fn())] = &[
@@ -379,6 +485,7 @@ fn main() {
             "progress_bar_does_not_break_output",
             progress_bar_does_not_break_output,
         ),
+        ("frames_through_rings", frames_through_rings),
         // Last: starts a thread, after which this process may no longer fork.
         (
             "reexec_pool_from_a_threaded_parent",

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod control;
+mod frames;
 mod logfwd;
 mod pool;
 mod spawn;
@@ -26,3 +27,4 @@ pub use pool::{
 pub use spawn::{
     init, thread_count, Backend, BoxError, Context, Init, Process, ProcessBuilder, StartMethod,
 };
+pub use frames::{FrameError, FrameState, FrameTask};

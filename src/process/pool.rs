@@ -1194,6 +1194,20 @@ where
         })
     }
 
+    pub(crate) fn has_chunk_size(&self) -> bool {
+        self.chunk_size.is_some()
+    }
+
+    /// The `worker_init` closure (for pool kinds built on this builder).
+    pub(crate) fn init_fn(&self) -> InitFn<S> {
+        self.init.clone()
+    }
+
+    /// Builds a forking pool around any task.
+    pub(crate) fn build_with<T: Task>(self, task: T) -> Result<WorkerPool<T>, PoolError> {
+        self.build_task(task, false, |b, w| b.spawn(w))
+    }
+
     /// Builds a pool whose workers are started with [`StartMethod::Reexec`] and run `task`
     /// (sent to each worker once, serialised: this is how shared read-only data reaches
     /// re-executed workers). `main` must call
@@ -1393,6 +1407,26 @@ impl<T: Task> WorkerPool<T> {
             .lock()
             .new_job(Box::new(SendOnce(Some(input))), Some(1), true);
         AsyncResult { pool: self, job }
+    }
+
+    /// Starts every worker now and waits until each has finished `worker_init` (normally
+    /// workers start at the first map). A frame pool needs this before its producer starts, so
+    /// that every worker's reader is attached when frame 0 is written.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Spawn`], or [`PoolError::WorkerInit`] if workers keep dying in init.
+    pub fn start(&self) -> Result<(), PoolError> {
+        let mut inner = self.lock();
+        inner.ensure_workers()?;
+        loop {
+            let all = (0..inner.slots.len()).all(|w| inner.status_of(w, st::READY) == 1);
+            if all {
+                return Ok(());
+            }
+            inner.pump(Duration::from_millis(5))?;
+            inner.ensure_workers()?;
+        }
     }
 
     /// Per-worker figures: tasks, restarts, time in init / tasks / waiting / exit.

@@ -1,0 +1,209 @@
+//! Array tasks through rings: a pool whose task `i` is frame `i` of a broadcast ring.
+//!
+//! [`PoolBuilder::build_frames`] makes a [`WorkerPool`] whose inputs are frame sequence
+//! numbers. Each worker attaches to the input ring as a broadcast reader in its init (after the
+//! fork: "connect after fork"), and for task `seq` reads frame `seq` in place, skipping the
+//! frames other workers handle; if an output ring is given it reserves a slot there, lets the
+//! task fill it, tags it with `seq` and commits it. The control channel carries only the
+//! sequence numbers and the tasks' small return values, never the frames.
+//!
+//! `map(0..n)` then returns the per-frame values in frame order, `imap_unordered` in completion
+//! order; timeouts, crash recovery, insights and the progress bar work as for any pool. Call
+//! [`WorkerPool::start`] before the producer starts writing, so every worker's reader is
+//! attached when frame 0 is committed.
+//!
+//! A worker can only move forward in the ring: a task whose frame has already gone by (it was
+//! re-dispatched after a crash to a worker that is past it, or the producer started before the
+//! workers attached) returns [`FrameError::Gone`]; a task for a frame that will never come
+//! (the producer detached) returns [`FrameError::Disconnected`].
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use ndarray::IxDyn;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::pool::{PoolBuilder, Task, WorkerInfo, WorkerPool};
+use crate::array::Element;
+use crate::error::{PoolError, RecvTimeoutError};
+use crate::ring::{ReadSlot, Reader, Ring, WriteSlot, Writer};
+
+/// Why a frame task produced no value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FrameError {
+    /// The frame went by before this worker asked for it (the oldest it could still get is
+    /// `next`).
+    #[error("frame is gone: this worker's reader is already at frame {next}")]
+    Gone {
+        /// The next frame this worker's reader can return.
+        next: u64,
+    },
+    /// The input ring has no writer any more and the frame was never written.
+    #[error("the input ring is disconnected")]
+    Disconnected,
+    /// No frame arrived within the pool's frame wait (see `frame_wait`).
+    #[error("no frame arrived within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A worker's rings and user state.
+pub struct FrameState<T: Element, U: Element, S> {
+    /// The user's state (from `worker_init`).
+    pub user: S,
+    reader: Reader<T, IxDyn>,
+    writer: Option<Writer<U, IxDyn>>,
+    /// The frame the reader holds: lazily released by the next recv.
+    next: u64,
+}
+
+impl<T: Element, U: Element, S> std::fmt::Debug for FrameState<T, U, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameState")
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+type FrameFn<T, U, S, R> =
+    dyn Fn(&mut S, &WorkerInfo, &ReadSlot<'_, T, IxDyn>, Option<&mut WriteSlot<'_, U, IxDyn>>) -> R;
+
+/// The [`Task`] of a frame pool.
+pub struct FrameTask<T: Element, U: Element, S, R> {
+    input: String,
+    output: Option<String>,
+    wait: Duration,
+    init: std::sync::Arc<dyn Fn(&WorkerInfo) -> S + Send + Sync>,
+    f: Box<FrameFn<T, U, S, R>>,
+    _t: PhantomData<fn() -> (T, U, R)>,
+}
+
+impl<T: Element, U: Element, S, R> std::fmt::Debug for FrameTask<T, U, S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameTask")
+            .field("input", &self.input)
+            .field("output", &self.output)
+            .finish()
+    }
+}
+
+impl<T, U, S, R> Task for FrameTask<T, U, S, R>
+where
+    T: Element,
+    U: Element,
+    S: 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    type Input = u64;
+    type Output = Result<R, FrameError>;
+    type State = FrameState<T, U, S>;
+    type ExitValue = ();
+
+    fn init(&self, w: &WorkerInfo) -> Self::State {
+        let reader = Ring::<T>::open(&self.input)
+            .unwrap_or_else(|e| panic!("worker {} cannot open input ring: {e}", w.id))
+            .reader()
+            .unwrap_or_else(|e| panic!("worker {} cannot attach to the input ring: {e}", w.id));
+        let writer = self.output.as_ref().map(|o| {
+            Ring::<U>::open(o)
+                .unwrap_or_else(|e| panic!("worker {} cannot open output ring: {e}", w.id))
+                .writer()
+                .unwrap_or_else(|e| panic!("worker {} cannot attach to the output ring: {e}", w.id))
+        });
+        FrameState {
+            user: (self.init)(w),
+            reader,
+            writer,
+            next: 0,
+        }
+    }
+
+    fn call(&self, state: &mut Self::State, w: &WorkerInfo, seq: u64) -> Self::Output {
+        loop {
+            let frame = match state.reader.recv_timeout(self.wait) {
+                Ok(f) => f,
+                Err(RecvTimeoutError::Disconnected) => return Err(FrameError::Disconnected),
+                Err(RecvTimeoutError::Timeout) => return Err(FrameError::Timeout(self.wait)),
+                Err(RecvTimeoutError::Corrupted { .. }) => continue,
+            };
+            state.next = frame.seq() + 1;
+            if frame.seq() < seq {
+                continue; // another worker's frame: skip it (it is released by the next recv)
+            }
+            if frame.seq() > seq {
+                return Err(FrameError::Gone { next: frame.seq() });
+            }
+            return Ok(match state.writer.as_mut() {
+                Some(writer) => {
+                    let mut out = writer
+                        .reserve()
+                        .unwrap_or_else(|e| panic!("output ring: {e}"));
+                    out.set_tag(seq);
+                    out.set_timestamp_ns(frame.timestamp_ns());
+                    let r = (self.f)(&mut state.user, w, &frame, Some(&mut out));
+                    out.commit();
+                    r
+                }
+                None => (self.f)(&mut state.user, w, &frame, None),
+            });
+        }
+    }
+
+    fn exit(&self, state: Self::State, _w: &WorkerInfo) {
+        drop(state);
+    }
+}
+
+impl<S: 'static, E> PoolBuilder<S, E>
+where
+    E: Serialize + DeserializeOwned + Default + 'static,
+{
+    /// Builds a pool whose task `seq` is frame `seq` of the broadcast ring `input` (see the
+    /// [module docs](self)). With `output`, each task also gets a reserved slot of that ring
+    /// (created beforehand by the caller, usually a queue ring read by a collector); the slot
+    /// is tagged with `seq` and committed after the task returns.
+    ///
+    /// `worker_exit` hooks are not run for frame pools. Each task waits at most 10 s for its
+    /// frame (see [`FrameError::Timeout`]). Unless [`chunk_size`](PoolBuilder::chunk_size) is
+    /// set, tasks go one per chunk, so a worker never holds more than two output slots whose
+    /// values the parent has not seen: give the output ring at least `2 × workers + 1` slots
+    /// and drain it while iterating over the results (`imap`), or the workers wait for space.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Io`] if the pool's status block cannot be created.
+    #[allow(clippy::type_complexity)]
+    pub fn build_frames<T, U, R, F>(
+        self,
+        input: &str,
+        output: Option<&str>,
+        f: F,
+    ) -> Result<WorkerPool<FrameTask<T, U, S, R>>, PoolError>
+    where
+        T: Element,
+        U: Element,
+        R: Serialize + DeserializeOwned + 'static,
+        F: Fn(
+                &mut S,
+                &WorkerInfo,
+                &ReadSlot<'_, T, IxDyn>,
+                Option<&mut WriteSlot<'_, U, IxDyn>>,
+            ) -> R
+            + 'static,
+    {
+        let task = FrameTask {
+            input: input.to_owned(),
+            output: output.map(str::to_owned),
+            wait: Duration::from_secs(10),
+            init: self.init_fn(),
+            f: Box::new(f),
+            _t: PhantomData,
+        };
+        let b = if self.has_chunk_size() {
+            self
+        } else {
+            self.chunk_size(1)
+        };
+        b.build_with(task)
+    }
+}
