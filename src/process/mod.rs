@@ -28,3 +28,23 @@ pub use spawn::{
     init, thread_count, Backend, BoxError, Context, Init, Process, ProcessBuilder, StartMethod,
 };
 pub use frames::{FrameError, FrameState, FrameTask};
+
+/// CPU time (user + system) used so far by process `pid` (from `/proc/<pid>/stat`).
+///
+/// # Errors
+///
+/// If the process does not exist or `/proc` cannot be read.
+pub fn cpu_time(pid: u32) -> std::io::Result<std::time::Duration> {
+    crate::sys::process::cpu_time(pid)
+}
+
+/// Makes SIGINT (Ctrl-C) and SIGTERM set a flag instead of killing the process, and returns
+/// the flag. Forked children inherit the handler, so a Ctrl-C, which the terminal sends to the
+/// whole process group, leaves them running until the parent stops them in order.
+///
+/// # Errors
+///
+/// If `sigaction` fails.
+pub fn catch_interrupts() -> std::io::Result<&'static std::sync::atomic::AtomicBool> {
+    crate::sys::process::catch_interrupts()
+}

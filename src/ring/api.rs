@@ -529,7 +529,25 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     /// [`AttachError::Io`] if the doorbell socket cannot be created.
     pub fn reader(&self) -> Result<Reader<T, D>, AttachError> {
         let (index, generation) = self.claim(Role::Reader)?;
-        Reader::new(self.clone(), index, generation)
+        Reader::new(self.clone(), index, generation, false)
+    }
+
+    /// Attaches a *lossy* reader: in a lossless (block) broadcast ring, the writer does not
+    /// wait for it; it only never overwrites the one frame this reader is reading. The reader
+    /// skips what it could not keep up with, like a drop-oldest reader
+    /// ([`ReadSlot::missed`](crate::ReadSlot::missed)). For a live preview beside lossless
+    /// consumers. In other modes this is the same as [`Ring::reader`].
+    ///
+    /// Release frames promptly ([`Reader::release`]): while it holds a frame, the writer waits
+    /// when it comes round to that slot.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Ring::reader`].
+    pub fn lossy_reader(&self) -> Result<Reader<T, D>, AttachError> {
+        let (index, generation) = self.claim(Role::Reader)?;
+        let lossy = self.inner.shared.layout.mode == Mode::Broadcast(Backpressure::Block);
+        Reader::new(self.clone(), index, generation, lossy)
     }
 
     fn claim(&self, role: Role) -> Result<(usize, u32), AttachError> {

@@ -28,6 +28,11 @@
 //!   are more slots than readers. A reader looks for `FULL(cursor)` in slot `cursor % N` and
 //!   otherwise takes the oldest frame above its cursor, adding the gap to its missed count.
 //!
+//! * **Lossy readers of a Block ring** (a live preview beside a recorder): the writer skips
+//!   their cursors, and they pin the frame they read as in drop-oldest; a pinned slot makes
+//!   the writer wait (only while that one frame is held). Such a reader falls behind like a
+//!   drop-oldest reader and is told what it missed.
+//!
 //! # Queue (several writers, each frame to exactly one reader)
 //!
 //! A bounded MPMC queue after D. Vyukov, with the claim moved into the slot stamp so that a
@@ -48,7 +53,7 @@
 use super::layout::{Backpressure, Mode};
 use super::shared::{
     peer_gen, peer_pid, peer_state, peer_status, ps, st, stamp, stamp_owner, stamp_seq,
-    stamp_state, Shared, SEQ_LIMIT,
+    stamp_state, Shared, FLAG_LOSSY, SEQ_LIMIT,
 };
 use crate::primitive::{fence, Ordering::*};
 
@@ -156,8 +161,18 @@ impl Shared {
     }
 
     /// Attaches reader `i` (CLAIMING) and makes it ACTIVE with a cursor at the next frame.
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))] // endpoints use attach_reader_with
     pub(crate) fn attach_reader(&self, i: usize, pid: u32, generation: u32) {
+        self.attach_reader_with(i, pid, generation, false)
+    }
+
+    /// As [`Shared::attach_reader`]; a `lossy` reader of a block ring does not hold the
+    /// writer back (see [`FLAG_LOSSY`]).
+    pub(crate) fn attach_reader_with(&self, i: usize, pid: u32, generation: u32, lossy: bool) {
         let e = self.peer(i);
+        if lossy {
+            e.flags.fetch_or(FLAG_LOSSY, SeqCst);
+        }
         let c = &self.control().write_seq.v;
         let mut cursor = c.load(SeqCst);
         e.cursor.store(cursor, SeqCst);
@@ -306,18 +321,25 @@ impl Shared {
         match self.layout.mode {
             Mode::Broadcast(Backpressure::DropOldest) => self.bcast_pick_unpinned(w, s),
             _ => {
-                if s >= n {
-                    let need = s - n + 1;
-                    for r in self.peers_of(Role::Reader) {
-                        let e = self.peer(r);
-                        if peer_status(e.state.load(SeqCst)) == ps::ACTIVE
-                            && e.cursor.load(SeqCst) < need
-                        {
-                            return Err(Blocked::Full);
-                        }
+                let mut lossy = false;
+                let need = (s + 1).saturating_sub(n);
+                for r in self.peers_of(Role::Reader) {
+                    let e = self.peer(r);
+                    if peer_status(e.state.load(SeqCst)) != ps::ACTIVE {
+                        continue;
+                    }
+                    if e.flags.load(Relaxed) & FLAG_LOSSY != 0 {
+                        lossy = true;
+                    } else if e.cursor.load(SeqCst) < need {
+                        return Err(Blocked::Full);
                     }
                 }
                 let slot = self.slot_of(s);
+                if lossy {
+                    // A lossy reader may be reading the frame in this slot: the pin handshake
+                    // of drop-oldest, but a pinned slot makes us wait instead of moving on.
+                    return self.bcast_try_slot(w, s, slot).ok_or(Blocked::Full);
+                }
                 let m = self.meta(slot);
                 let prev = m.stamp.load(Relaxed);
                 m.stamp.store(stamp(s, w, st::WRITING), SeqCst);
@@ -410,7 +432,8 @@ impl Shared {
     pub(crate) fn bcast_try_acquire(&self, r: usize) -> Option<Grant> {
         let e = self.peer(r);
         let ring = &self.control().write_seq.v;
-        let drop_oldest = self.layout.mode == Mode::Broadcast(Backpressure::DropOldest);
+        let drop_oldest = self.layout.mode == Mode::Broadcast(Backpressure::DropOldest)
+            || e.flags.load(Relaxed) & FLAG_LOSSY != 0;
         for _ in 0..RETRIES {
             let cursor = e.cursor.load(Relaxed);
             let w = ring.load(Acquire);
@@ -675,6 +698,30 @@ mod tests {
         s.bcast_release(r2, g);
         let g = s.bcast_try_reserve(w).unwrap();
         assert_eq!(g.seq, 2);
+    }
+
+    #[test]
+    fn lossy_reader_of_a_block_ring_never_holds_the_writer_beyond_its_frame() {
+        let s = ring(Mode::Broadcast(Backpressure::Block), 2, 2, 1);
+        let w = writer(&s);
+        let lossless = reader(&s);
+        let (lossy, g) = s.claim_peer(Role::Reader, 1, 0).unwrap();
+        s.attach_reader_with(lossy, 1, g, true);
+        // The lossy reader never reads: the writer is only held by the lossless one.
+        for _ in 0..6 {
+            let g = s.bcast_try_reserve(w).unwrap();
+            s.bcast_commit(w, g);
+            let r = s.bcast_try_acquire(lossless).unwrap();
+            s.bcast_release(lossless, r);
+        }
+        // It takes the oldest frame still there and is told what it missed.
+        let held = s.bcast_try_acquire(lossy).unwrap();
+        assert_eq!((held.seq, held.extra), (4, 4));
+        // Frame 6 would reuse the slot of frame 4, which the lossy reader holds: wait.
+        assert_eq!(s.bcast_try_reserve(w), Err(Blocked::Full));
+        s.bcast_release(lossy, held);
+        let g = s.bcast_try_reserve(w).unwrap();
+        assert_eq!(g.seq, 6);
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl<T: Element, D: Dimension> Reader<T, D> {
         ring: Ring<T, D>,
         index: usize,
         generation: u32,
+        lossy: bool,
     ) -> Result<Self, AttachError> {
         let pid = ring.inner.pid;
         #[cfg(not(shmflow_no_doorbell))]
@@ -71,7 +72,8 @@ impl<T: Element, D: Dimension> Reader<T, D> {
                 }
             }
         };
-        ring.shared().attach_reader(index, pid, generation);
+        ring.shared()
+            .attach_reader_with(index, pid, generation, lossy);
         let waiter = Waiter::new(ring.shared(), index, Role::Reader, pid);
         Ok(Reader {
             ring,

@@ -85,6 +85,9 @@ pub(crate) fn peer_status(s: u64) -> u64 {
 pub(crate) const FLAG_SLEEPING: u32 = 1;
 /// Peer flag: wants its doorbell rung on the next frame.
 pub(crate) const FLAG_ARMED: u32 = 2;
+/// Peer flag (broadcast block reader): lossy — the writer ignores its cursor and only avoids
+/// the frame it has pinned. Set before the reader becomes ACTIVE, never changed after.
+pub(crate) const FLAG_LOSSY: u32 = 4;
 
 /// One cache line holding one counter.
 #[repr(C, align(64))]
@@ -127,7 +130,7 @@ pub(crate) struct PeerEntry {
     pub cursor: AtomicU64,
     /// Broadcast drop-oldest reader: `(slot + 1) << 48 | seq` of the frame it holds, or 0.
     pub pin: AtomicU64,
-    /// [`FLAG_SLEEPING`] | [`FLAG_ARMED`].
+    /// [`FLAG_SLEEPING`] | [`FLAG_ARMED`] | [`FLAG_LOSSY`].
     pub flags: AtomicU32,
     pub _pad: AtomicU32,
     /// Broadcast reader: frames it missed (drop-oldest).

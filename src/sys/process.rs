@@ -303,6 +303,53 @@ pub(crate) fn take_child_control_fd() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
+pub(crate) fn cpu_time(pid: u32) -> io::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
+    // Fields after the comm: state is field 3, utime 14, stime 15 (1-based).
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let parse = |i: usize| -> io::Result<u64> {
+        f.get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))
+    };
+    let ticks = parse(11)? + parse(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Ok(std::time::Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Installs a SIGINT/SIGTERM handler that only sets a flag, and returns the flag. Forked
+/// children inherit the handler, so Ctrl-C (which signals the whole foreground process group)
+/// does not kill them: the parent sees the flag and shuts them down in order.
+pub(crate) fn catch_interrupts() -> io::Result<&'static std::sync::atomic::AtomicBool> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: sigaction with a handler that only stores to an atomic (async-signal-safe);
+        // the struct is zeroed then filled as the man page requires.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(&INTERRUPTED)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
