@@ -457,7 +457,9 @@ impl<T: Element, D: Dimension> Ring<T, D> {
                 .filter_map(|i| {
                     let e = s.peer(i);
                     let state = e.state.load(Acquire);
-                    if peer_status(state) == ps::FREE {
+                    // Attaching (CLAIMING) entries are not attached yet: a writer that waits for
+                    // a reader to be listed must be able to rely on it seeing the next frame.
+                    if !matches!(peer_status(state), ps::ACTIVE | ps::RECLAIMING) {
                         return None;
                     }
                     let pid = peer_pid(state);
@@ -588,7 +590,26 @@ pub fn list() -> std::io::Result<Vec<String>> {
 
 /// Opens and validates a segment's header without checking its dtype or rank.
 fn open_segment(name: &str) -> Result<(Segment, Layout, Creator), OpenError> {
-    let (segment, stat) = Segment::open(name, HEADER_BYTES as usize).map_err(|e| match e {
+    // A creator makes the object (size 0, mode 0200), sizes it, fills the header and then
+    // widens its mode: while that happens an opener sees size 0 or, unless root, EACCES on a
+    // 0200 file. Both are retried for up to OPEN_READY_WAIT.
+    let started = Instant::now();
+    let initialising = |e: &SegmentOpenError| match e {
+        SegmentOpenError::TooSmall { size: 0, .. } => true,
+        SegmentOpenError::PermissionDenied => std::fs::metadata(format!("/dev/shm/shmflow.{name}"))
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777 == 0o200)
+            .unwrap_or(false),
+        _ => false,
+    };
+    let opened = loop {
+        match Segment::open(name, HEADER_BYTES as usize) {
+            Err(e) if initialising(&e) && started.elapsed() < OPEN_READY_WAIT => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            other => break other,
+        }
+    };
+    let (segment, stat) = opened.map_err(|e| match e {
         SegmentOpenError::Name(n) => OpenError::InvalidName(n),
         SegmentOpenError::NotFound => OpenError::NotFound { name: name.into() },
         SegmentOpenError::PermissionDenied => OpenError::PermissionDenied { name: name.into() },
@@ -611,7 +632,6 @@ fn open_segment(name: &str) -> Result<(Segment, Layout, Creator), OpenError> {
     // SAFETY: the mapping is at least HEADER_BYTES long and page-aligned; Header is 256
     // bytes of atomics, valid for any bit pattern.
     let header = unsafe { &*(segment.as_ptr() as *const layout::Header) };
-    let started = Instant::now();
     while header.ready.load(Acquire) == 0 {
         // A creator zero-fills the segment and writes the magic before the ready word, so
         // anything but 0 or our magic means a foreign object.

@@ -53,7 +53,7 @@
 use super::layout::{Backpressure, Mode};
 use super::shared::{
     peer_gen, peer_pid, peer_state, peer_status, ps, st, stamp, stamp_owner, stamp_seq,
-    stamp_state, Shared, FLAG_LOSSY, SEQ_LIMIT,
+    stamp_state, Shared, FLAG_ARMED, FLAG_LOSSY, FLAG_SLEEPING, SEQ_LIMIT,
 };
 use crate::primitive::{fence, Ordering::*};
 
@@ -88,6 +88,9 @@ pub(crate) enum Blocked {
 /// How many times a lock-free loop retries before it reports "not ready": a peer that writes
 /// garbage into the segment can make us lose a race, never spin forever.
 const RETRIES: usize = 1 << 12;
+
+/// Passes over the slots a drop-oldest writer makes before it reports `Full`.
+const PICK_PASSES: usize = 16;
 
 impl Shared {
     fn n(&self) -> u64 {
@@ -270,6 +273,18 @@ impl Shared {
             return false;
         }
         e.pin.store(0, SeqCst);
+        // It may have died asleep or armed: take its flags and their waiter counts with it,
+        // or every later commit would scan the peer table for a waiter that is gone.
+        let flags = e.flags.swap(0, SeqCst);
+        let waiters = if i < self.layout.max_readers as usize {
+            &self.control().reader_waiters
+        } else {
+            &self.control().writer_waiters
+        };
+        let bits = u64::from(flags & FLAG_SLEEPING != 0) + u64::from(flags & FLAG_ARMED != 0);
+        if bits > 0 {
+            waiters.fetch_sub(bits, SeqCst);
+        }
         if self.layout.mode == Mode::Queue {
             let c = self.control();
             for s in 0..self.layout.slot_count as usize {
@@ -356,6 +371,20 @@ impl Shared {
     /// `s % N` holds frame `s - N` unless an earlier reservation skipped a pinned slot, so it
     /// is tried first; otherwise all slots are ranked, empty ones first, then oldest frame first.
     fn bcast_pick_unpinned(&self, w: usize, s: u64) -> Result<Grant, Blocked> {
+        // Readers move their pins while we look (release one frame, pin the next), so one
+        // pass over the slots can find each one pinned at the moment we tried it although
+        // readers never held all of them at once. Several passes make that vanishingly rare;
+        // `Full` then means the readers really hold every slot (or keep racing us).
+        for _ in 0..PICK_PASSES {
+            if let Some(g) = self.bcast_pick_pass(w, s) {
+                return Ok(g);
+            }
+            crate::primitive::spin_hint();
+        }
+        Err(Blocked::Full)
+    }
+
+    fn bcast_pick_pass(&self, w: usize, s: u64) -> Option<Grant> {
         let n = self.layout.slot_count as usize;
         let key = |i: usize| {
             let v = self.meta(i).stamp.load(Relaxed);
@@ -370,7 +399,7 @@ impl Shared {
         let natural = pk == 0 || pk + self.n() == s + 1;
         if natural {
             if let Some(g) = self.bcast_try_slot(w, s, preferred) {
-                return Ok(g);
+                return Some(g);
             }
         }
         let mut order: Vec<(u64, usize)> = (0..n)
@@ -378,12 +407,9 @@ impl Shared {
             .map(|i| (key(i), i))
             .collect();
         order.sort_unstable();
-        for (_, slot) in order {
-            if let Some(g) = self.bcast_try_slot(w, s, slot) {
-                return Ok(g);
-            }
-        }
-        Err(Blocked::Full)
+        order
+            .into_iter()
+            .find_map(|(_, slot)| self.bcast_try_slot(w, s, slot))
     }
 
     /// Marks `slot` WRITING(s) unless a reader has pinned the frame in it (then restores it).

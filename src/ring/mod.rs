@@ -13,6 +13,9 @@ pub(crate) mod core;
 pub(crate) mod layout;
 pub(crate) mod shared;
 
+#[cfg(all(test, not(loom)))]
+mod proptests;
+
 #[cfg(not(loom))]
 mod api;
 #[cfg(not(loom))]

@@ -245,6 +245,13 @@ impl<T: Element, D: Dimension> Reader<T, D> {
         self.release();
         let index = self.waiter.index;
         let mut step = Self::attempt(&self.ring.inner.shared, index);
+        if matches!(step, Step::Pending)
+            && self
+                .waiter
+                .maybe_tick(&self.ring.inner.shared, &mut self.doorbells)
+        {
+            step = Self::attempt(&self.ring.inner.shared, index);
+        }
         if matches!(step, Step::Pending) {
             self.arm();
             // Re-check after arming: a frame committed in between would not ring the doorbell.

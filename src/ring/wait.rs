@@ -64,6 +64,8 @@ pub(crate) enum WaitEnd {
 /// The waiting side of an endpoint: its peer index, semaphore and settings.
 pub(crate) struct Waiter {
     pub index: usize,
+    /// When a non-blocking call last checked the peers (monotonic ns).
+    last_check: std::sync::atomic::AtomicU64,
     pub role: Role,
     pub strategy: WaitStrategy,
     pub liveness: Duration,
@@ -98,6 +100,7 @@ impl Waiter {
         let sem = unsafe { Semaphore::from_ptr(shared.sem_ptr(index)) };
         Waiter {
             index,
+            last_check: std::sync::atomic::AtomicU64::new(sys::monotonic_ns()),
             role,
             strategy: WaitStrategy::default(),
             liveness: DEFAULT_LIVENESS_INTERVAL,
@@ -123,6 +126,24 @@ impl Waiter {
             wake(shared, Role::Reader, true, doorbells);
             wake(shared, Role::Writer, true, doorbells);
         }
+    }
+
+    /// For non-blocking calls (`try_recv`, `try_reserve`) that found nothing: checks the
+    /// peers at most once per liveness interval, so an event loop that only ever polls still
+    /// learns that its writer died (`Disconnected`) or that a dead reader no longer holds a
+    /// lossless writer. Returns true if it checked.
+    pub(crate) fn maybe_tick(
+        &self,
+        shared: &Shared,
+        doorbells: &mut Option<DoorbellSender>,
+    ) -> bool {
+        let now = sys::monotonic_ns();
+        if now.saturating_sub(self.last_check.load(Relaxed)) < self.liveness.as_nanos() as u64 {
+            return false;
+        }
+        self.last_check.store(now, Relaxed);
+        self.tick(shared, doorbells);
+        true
     }
 
     /// Runs `attempt` until it is ready, fails, or `deadline` (monotonic ns) passes.

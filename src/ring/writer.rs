@@ -99,7 +99,15 @@ impl<T: Element, D: Dimension> Writer<T, D> {
     /// [`TryReserveError::Full`] when no slot is free (see its docs), or
     /// [`TryReserveError::Exhausted`].
     pub fn try_reserve(&mut self) -> Result<WriteSlot<'_, T, D>, TryReserveError> {
-        match self.grant() {
+        let mut r = self.grant();
+        if r == Err(Blocked::Full)
+            && self
+                .waiter
+                .maybe_tick(&self.ring.inner.shared, &mut self.doorbells)
+        {
+            r = self.grant();
+        }
+        match r {
             Ok(g) => Ok(self.slot(g)),
             Err(Blocked::Full) => Err(TryReserveError::Full),
             Err(Blocked::Exhausted) => Err(TryReserveError::Exhausted),

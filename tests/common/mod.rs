@@ -46,10 +46,7 @@ pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
     if pid == 0 {
-        let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(c) => c,
-            Err(_) => 101,
-        };
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
         // SAFETY: leaving the child without running the parent's atexit handlers or
         // destructors (they belong to the parent's state).
         unsafe { libc::_exit(code) };
