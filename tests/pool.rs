@@ -388,7 +388,7 @@ fn frames_through_rings() {
     use shmflow::{Backpressure, Mode, Ring};
     let input = format!("t-frames-in-{}", std::process::id());
     let output = format!("t-frames-out-{}", std::process::id());
-    let in_ring = Ring::<u8>::create(&input)
+    let _in_ring = Ring::<u8>::create(&input)
         .shape([48, 64, 3])
         .slots(8)
         .max_readers(4)

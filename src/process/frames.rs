@@ -17,7 +17,6 @@
 //! workers attached) returns [`FrameError::Gone`]; a task for a frame that will never come
 //! (the producer detached) returns [`FrameError::Disconnected`].
 
-use std::marker::PhantomData;
 use std::time::Duration;
 
 use ndarray::IxDyn;
@@ -65,6 +64,8 @@ impl<T: Element, U: Element, S> std::fmt::Debug for FrameState<T, U, S> {
     }
 }
 
+type InitFn<S> = std::sync::Arc<dyn Fn(&WorkerInfo) -> S + Send + Sync>;
+
 type FrameFn<T, U, S, R> =
     dyn Fn(&mut S, &WorkerInfo, &ReadSlot<'_, T, IxDyn>, Option<&mut WriteSlot<'_, U, IxDyn>>) -> R;
 
@@ -73,9 +74,8 @@ pub struct FrameTask<T: Element, U: Element, S, R> {
     input: String,
     output: Option<String>,
     wait: Duration,
-    init: std::sync::Arc<dyn Fn(&WorkerInfo) -> S + Send + Sync>,
+    init: InitFn<S>,
     f: Box<FrameFn<T, U, S, R>>,
-    _t: PhantomData<fn() -> (T, U, R)>,
 }
 
 impl<T: Element, U: Element, S, R> std::fmt::Debug for FrameTask<T, U, S, R> {
@@ -197,7 +197,6 @@ where
             wait: Duration::from_secs(10),
             init: self.init_fn(),
             f: Box::new(f),
-            _t: PhantomData,
         };
         let b = if self.has_chunk_size() {
             self

@@ -20,6 +20,7 @@ mod pool;
 mod spawn;
 
 pub use control::{channel, wait_any, Receiver, Sender};
+pub use frames::{FrameError, FrameState, FrameTask};
 pub use pool::{
     AsyncResult, FnTaskOf, Imap, ImapUnordered, NoTask, PoolBuilder, Task, WorkerInfo,
     WorkerInsight, WorkerPool,
@@ -27,7 +28,6 @@ pub use pool::{
 pub use spawn::{
     init, thread_count, Backend, BoxError, Context, Init, Process, ProcessBuilder, StartMethod,
 };
-pub use frames::{FrameError, FrameState, FrameTask};
 
 /// CPU time (user + system) used so far by process `pid` (from `/proc/<pid>/stat`).
 ///

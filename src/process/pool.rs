@@ -721,10 +721,7 @@ impl<T: Task> Inner<T> {
         };
         for k in ready {
             let w = alive[k];
-            loop {
-                let Some(p) = self.slots[w].proc.as_mut() else {
-                    break;
-                };
+            while let Some(p) = self.slots[w].proc.as_mut() {
                 match p.try_recv() {
                     Ok(Some(msg)) => self.on_message(w, msg),
                     Ok(None) => break,
@@ -817,7 +814,7 @@ impl<T: Task> Inner<T> {
                 };
                 if let Some(first) = key {
                     let q = j.ready.remove(&first).expect("key exists");
-                    let n = q.len() as u64;
+                    let n = q.len();
                     if j.ordered {
                         j.next = first + n;
                     }

@@ -295,13 +295,12 @@ impl Shared {
                 }
                 let seq = stamp_seq(v);
                 match stamp_state(v) {
-                    st::WRITING => {
+                    st::WRITING
                         if m.stamp
                             .compare_exchange(v, stamp(seq, i, st::ABANDONED), AcqRel, Relaxed)
-                            .is_ok()
-                        {
-                            c.abandoned.fetch_add(1, Relaxed);
-                        }
+                            .is_ok() =>
+                    {
+                        c.abandoned.fetch_add(1, Relaxed);
                     }
                     st::READING => {
                         let next = stamp(seq + self.n(), 0, st::EMPTY);

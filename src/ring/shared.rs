@@ -285,7 +285,8 @@ impl Shared {
     #[cfg(not(loom))]
     pub(crate) unsafe fn from_segment(layout: Layout, segment: crate::shm::Segment) -> Shared {
         let base = segment.as_ptr();
-        // SAFETY (all four `add`s): the offsets are below total_size <= the mapping length.
+        // SAFETY: all four `add`s stay inside the mapping: the offsets are below total_size,
+        // which the caller guarantees is at most the mapping's length.
         let (header, control, peers, metas, payload) = unsafe {
             (
                 base as *const Header,
