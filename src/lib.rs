@@ -89,6 +89,8 @@
 
 mod array;
 #[cfg(not(loom))]
+pub mod bench;
+#[cfg(not(loom))]
 pub mod error;
 mod primitive;
 #[cfg(not(loom))]

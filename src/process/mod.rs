@@ -48,3 +48,21 @@ pub fn cpu_time(pid: u32) -> std::io::Result<std::time::Duration> {
 pub fn catch_interrupts() -> std::io::Result<&'static std::sync::atomic::AtomicBool> {
     crate::sys::process::catch_interrupts()
 }
+
+/// Pins the calling process (all its threads) to `cpus`.
+///
+/// # Errors
+///
+/// If a CPU id is out of range or not allowed (`EINVAL`).
+pub fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
+    crate::sys::process::set_affinity(cpus)
+}
+
+/// The CPUs the calling thread may run on.
+///
+/// # Errors
+///
+/// If `sched_getaffinity` fails.
+pub fn affinity() -> std::io::Result<Vec<usize>> {
+    crate::sys::process::affinity()
+}
