@@ -93,7 +93,7 @@ fn drain(who: &str, reader: &mut Reader<u8>, pause_every: u64) -> Vec<(u64, u64)
         );
         last_seq = Some(f.seq());
         got.push((f.tag(), f.seq()));
-        if pause_every > 0 && got.len() as u64 % pause_every == 0 {
+        if pause_every > 0 && (got.len() as u64).is_multiple_of(pause_every) {
             std::thread::sleep(Duration::from_millis(1));
             assert!(
                 check(f.tag(), f.as_bytes()),

@@ -102,7 +102,7 @@ fn frame_shape(max: &[usize], k: u64) -> Vec<usize> {
 
 /// Frames the parent writes with `reserve` (tag and timestamp set); the others go by `send`.
 fn parent_reserves(k: u64) -> bool {
-    k % 2 == 0
+    k.is_multiple_of(2)
 }
 /// Echoes the child writes with `reserve`; the others go by `send`.
 fn child_reserves(k: u64) -> bool {

@@ -158,10 +158,13 @@ impl<S: 'static, E> PoolBuilder<S, E>
 where
     E: Serialize + DeserializeOwned + Default + 'static,
 {
-    /// Builds a pool whose task `seq` is frame `seq` of the broadcast ring `input` (see the
-    /// [module docs](self)). With `output`, each task also gets a reserved slot of that ring
-    /// (created beforehand by the caller, usually a queue ring read by a collector); the slot
-    /// is tagged with `seq` and committed after the task returns.
+    /// Builds a pool whose task `seq` is frame `seq` of the broadcast ring `input`: each worker
+    /// attaches to it as a reader in its init and reads frame `seq` in place, skipping the
+    /// frames other workers take. With `output`, each task also gets a reserved slot of that
+    /// ring (created beforehand by the caller, usually a queue ring read by a collector); the
+    /// slot is tagged with `seq` and committed after the task returns. Call
+    /// [`WorkerPool::start`] before the producer writes frame 0. A task whose frame went by
+    /// returns [`FrameError::Gone`]; one whose frame never comes, [`FrameError::Disconnected`].
     ///
     /// `worker_exit` hooks are not run for frame pools. Each task waits at most 10 s for its
     /// frame (see [`FrameError::Timeout`]). Unless [`chunk_size`](PoolBuilder::chunk_size) is

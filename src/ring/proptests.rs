@@ -1,1 +1,651 @@
-//! placeholder
+//! Property tests of the slot protocol in [`super::core`] against a model.
+//!
+//! One thread plays several peers of a heap ring: random sequences of attaches, detaches and
+//! kills (reclaims) of readers and writers, reservations (the payload is filled with the
+//! frame's sequence number right away), commits, aborts, acquires (the payload is checked)
+//! and releases (checked again: a frame overwritten while held is caught here). A model of
+//! the slot table, the cursors and the queue positions predicts the exact result of every
+//! call, and each mode's properties are asserted on top:
+//!
+//! * queue: a committed frame is delivered at most once, an aborted or abandoned one never;
+//!   once the readers drain the ring every committed frame was delivered or is counted in
+//!   `lost` (its reader died holding it); `Full` exactly when the slot still holds the frame
+//!   of the previous lap;
+//! * broadcast: every reader sees strictly increasing sequences and `extra` is exactly the
+//!   gap to its cursor; block: a lossless reader never has a gap, and the writer gets `Full`
+//!   exactly when the slowest lossless reader is a full ring behind (or a lossy reader pins
+//!   the slot to reuse); drop-oldest: the writer gets `Full` only when readers hold every
+//!   slot, and never takes a slot a reader holds.
+//!
+//! Cases per mode: 256 (or `PROPTEST_CASES`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+use super::core::{Blocked, Grant, Role};
+use super::layout::{Backpressure, Layout, Mode};
+use super::shared::{peer_gen, peer_pid, peer_status, ps, Shared};
+use crate::array::DType;
+use crate::primitive::Ordering::Relaxed;
+
+/// One step of the simulation. Indices pick among the peers attached at that moment (modulo
+/// their number), so every generated sequence stays meaningful while peers come and go.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    AttachReader { lossy: bool },
+    DetachReader(usize),
+    KillReader(usize),
+    /// Like `Reader::recv`: releases the frame the reader holds, then takes the next one.
+    Acquire(usize),
+    Release(usize),
+    AttachWriter,
+    DetachWriter(usize),
+    KillWriter(usize),
+    Reserve(usize),
+    Commit(usize),
+    Abort(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let k = || 0usize..8;
+    prop_oneof![
+        2 => any::<bool>().prop_map(|lossy| Op::AttachReader { lossy }),
+        1 => k().prop_map(Op::DetachReader),
+        1 => k().prop_map(Op::KillReader),
+        12 => k().prop_map(Op::Acquire),
+        8 => k().prop_map(Op::Release),
+        1 => Just(Op::AttachWriter),
+        1 => k().prop_map(Op::DetachWriter),
+        1 => k().prop_map(Op::KillWriter),
+        12 => k().prop_map(Op::Reserve),
+        10 => k().prop_map(Op::Commit),
+        2 => k().prop_map(Op::Abort),
+    ]
+}
+
+fn config() -> Config {
+    let mut c = Config {
+        // Shrunk failures are printed; do not write regression files into the source tree.
+        failure_persistence: None,
+        ..Config::default()
+    };
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = 256;
+    }
+    c
+}
+
+/// What a broadcast slot holds, as far as the model knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    Empty,
+    Writing(u64),
+    Full(u64),
+}
+
+/// Where a queue sequence is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Q {
+    Writing(usize),
+    Full,
+    Reading(usize),
+    Abandoned,
+    /// Consumed, skipped (abandoned), or lost with a dead reader: its slot is free again.
+    Done,
+}
+
+#[derive(Debug)]
+struct ReaderM {
+    idx: usize,
+    pid: u32,
+    generation: u32,
+    lossy: bool,
+    /// Broadcast: the next sequence it wants, or the one it holds.
+    cursor: u64,
+    held: Option<Grant>,
+    missed: u64,
+    last: Option<u64>,
+}
+
+#[derive(Debug)]
+struct WriterM {
+    idx: usize,
+    pid: u32,
+    generation: u32,
+    reserved: Option<Grant>,
+}
+
+struct Sim {
+    s: Shared,
+    mode: Mode,
+    n: u64,
+    readers: Vec<ReaderM>,
+    writers: Vec<WriterM>,
+    next_pid: u32,
+    writer_ever: bool,
+    // Broadcast.
+    committed_frames: u64,
+    slots: Vec<Content>,
+    // Queue.
+    wpos: u64,
+    rpos: u64,
+    q: BTreeMap<u64, Q>,
+    committed: BTreeSet<u64>,
+    delivered: BTreeSet<u64>,
+    lost: BTreeSet<u64>,
+    abandoned: u64,
+}
+
+/// Fills slot `slot`'s payload with `seq`.
+fn fill(s: &Shared, slot: usize, seq: u64) {
+    let p = s.payload(slot).cast::<[u8; 8]>();
+    // SAFETY: the simulated writer was just granted `slot` (WRITING, owned by it): the protocol
+    // keeps every simulated reader off it, and this test is single-threaded. The payload is 8
+    // bytes long (`[8]` of u8) and `[u8; 8]` has alignment 1.
+    unsafe { p.write(seq.to_le_bytes()) }
+}
+
+/// Reads slot `slot`'s payload.
+fn payload(s: &Shared, slot: usize) -> u64 {
+    let p = s.payload(slot).cast::<[u8; 8]>();
+    // SAFETY: called only for a slot the protocol granted to a simulated reader (or to check
+    // one it holds); single-threaded, 8 bytes in bounds, alignment 1, initialised (zeroed).
+    u64::from_le_bytes(unsafe { p.read() })
+}
+
+fn pick<T>(v: &[T], k: usize) -> Option<usize> {
+    (!v.is_empty()).then(|| k % v.len())
+}
+
+impl Sim {
+    fn new(mode: Mode, slots: u32, readers: u32, writers: u32) -> Sim {
+        let layout = Layout::compute(DType::U8, &[8], slots, mode, readers, writers).unwrap();
+        Sim {
+            s: Shared::heap(layout),
+            mode,
+            n: u64::from(slots),
+            readers: Vec::new(),
+            writers: Vec::new(),
+            next_pid: 100,
+            writer_ever: false,
+            committed_frames: 0,
+            slots: vec![Content::Empty; slots as usize],
+            wpos: 0,
+            rpos: 0,
+            q: BTreeMap::new(),
+            committed: BTreeSet::new(),
+            delivered: BTreeSet::new(),
+            lost: BTreeSet::new(),
+            abandoned: 0,
+        }
+    }
+
+    fn queue(&self) -> bool {
+        self.mode == Mode::Queue
+    }
+
+    fn pid(&mut self) -> u32 {
+        self.next_pid += 1;
+        self.next_pid
+    }
+
+    fn step(&mut self, op: Op) {
+        match op {
+            Op::AttachReader { lossy } => self.attach_reader(lossy),
+            Op::DetachReader(k) => {
+                if let Some(i) = pick(&self.readers, k) {
+                    self.release(i);
+                    let r = self.readers.remove(i);
+                    assert!(self.s.release_peer(r.idx, r.pid, r.generation));
+                    assert_eq!(peer_status(self.s.peer(r.idx).state.load(Relaxed)), ps::FREE);
+                }
+            }
+            Op::KillReader(k) => {
+                if let Some(i) = pick(&self.readers, k) {
+                    let r = self.readers.remove(i);
+                    self.reclaim(r.idx);
+                    if let Some(g) = r.held.filter(|_| self.queue()) {
+                        assert_eq!(self.q.insert(g.seq, Q::Done), Some(Q::Reading(r.idx)));
+                        self.lost.insert(g.seq);
+                    }
+                }
+            }
+            Op::Acquire(k) => {
+                if let Some(i) = pick(&self.readers, k) {
+                    self.release(i);
+                    self.acquire(i);
+                }
+            }
+            Op::Release(k) => {
+                if let Some(i) = pick(&self.readers, k) {
+                    self.release(i);
+                }
+            }
+            Op::AttachWriter => self.attach_writer(),
+            Op::DetachWriter(k) => {
+                if let Some(i) = pick(&self.writers, k) {
+                    // A `WriteSlot` borrows its writer: it is dropped (aborted) first.
+                    self.abort(i);
+                    let w = self.writers.remove(i);
+                    assert!(self.s.release_peer(w.idx, w.pid, w.generation));
+                }
+            }
+            Op::KillWriter(k) => {
+                if let Some(i) = pick(&self.writers, k) {
+                    let w = self.writers.remove(i);
+                    self.reclaim(w.idx);
+                    if let Some(g) = w.reserved.filter(|_| self.queue()) {
+                        assert_eq!(self.q.insert(g.seq, Q::Abandoned), Some(Q::Writing(w.idx)));
+                        self.abandoned += 1;
+                    }
+                    // Broadcast: the slot stays WRITING until the next writer attaches.
+                }
+            }
+            Op::Reserve(k) => {
+                if let Some(i) = pick(&self.writers, k) {
+                    self.reserve(i);
+                }
+            }
+            Op::Commit(k) => {
+                if let Some(i) = pick(&self.writers, k) {
+                    self.commit(i);
+                }
+            }
+            Op::Abort(k) => {
+                if let Some(i) = pick(&self.writers, k) {
+                    self.abort(i);
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    fn reclaim(&self, idx: usize) {
+        let state = self.s.peer(idx).state.load(Relaxed);
+        assert!(self.s.reclaim(idx, state), "reclaim of peer {idx}");
+        assert!(!self.s.reclaim(idx, self.s.peer(idx).state.load(Relaxed)));
+        let e = self.s.peer(idx);
+        assert_eq!(peer_status(e.state.load(Relaxed)), ps::FREE);
+        assert_eq!(e.pin.load(Relaxed), 0, "a reclaimed reader keeps no pin");
+    }
+
+    fn check_invariants(&self) {
+        let c = self.s.control();
+        assert_eq!(
+            self.s.writers_gone(),
+            self.writer_ever && self.writers.is_empty(),
+            "writers_gone"
+        );
+        for r in &self.readers {
+            let st = self.s.peer(r.idx).state.load(Relaxed);
+            assert_eq!(
+                (peer_status(st), peer_pid(st), peer_gen(st)),
+                (ps::ACTIVE, r.pid, r.generation)
+            );
+        }
+        if self.queue() {
+            assert_eq!(c.lost.load(Relaxed), self.lost.len() as u64, "lost counter");
+            assert_eq!(c.abandoned.load(Relaxed), self.abandoned, "abandoned counter");
+            assert_eq!(c.write_seq.v.load(Relaxed), self.wpos, "enqueue position");
+            assert_eq!(c.read_seq.v.load(Relaxed), self.rpos, "dequeue position");
+        } else {
+            assert_eq!(c.write_seq.v.load(Relaxed), self.committed_frames);
+        }
+    }
+
+    // ------------------------------------------------------------------ attach
+
+    fn attach_reader(&mut self, lossy: bool) {
+        let pid = self.pid();
+        let Some((idx, generation)) = self.s.claim_peer(Role::Reader, pid, 0) else {
+            assert_eq!(self.readers.len(), self.s.layout.max_readers as usize);
+            return;
+        };
+        assert!(self.readers.len() < self.s.layout.max_readers as usize);
+        let lossy = lossy && self.mode == Mode::Broadcast(Backpressure::Block);
+        self.s.attach_reader_with(idx, pid, generation, lossy);
+        let cursor = self.s.peer(idx).cursor.load(Relaxed);
+        if !self.queue() {
+            assert_eq!(cursor, self.committed_frames, "a reader starts at the next frame");
+        }
+        self.readers.push(ReaderM {
+            idx,
+            pid,
+            generation,
+            lossy,
+            cursor,
+            held: None,
+            missed: 0,
+            last: None,
+        });
+    }
+
+    fn attach_writer(&mut self) {
+        let pid = self.pid();
+        let Some((idx, generation)) = self.s.claim_peer(Role::Writer, pid, 0) else {
+            assert_eq!(self.writers.len(), self.s.layout.max_writers as usize);
+            return;
+        };
+        assert!(self.writers.len() < self.s.layout.max_writers as usize);
+        self.s.attach_writer(idx, pid, generation);
+        self.writer_ever = true;
+        if !self.queue() {
+            // The slot a dead writer was filling is never published: it becomes EMPTY.
+            for c in &mut self.slots {
+                if let Content::Writing(_) = c {
+                    *c = Content::Empty;
+                }
+            }
+        }
+        self.writers.push(WriterM {
+            idx,
+            pid,
+            generation,
+            reserved: None,
+        });
+    }
+
+    // ------------------------------------------------------------------ writers
+
+    fn reserve(&mut self, i: usize) {
+        if self.writers[i].reserved.is_some() {
+            return;
+        }
+        let idx = self.writers[i].idx;
+        let (expected_full, got) = if self.queue() {
+            let s = self.wpos;
+            let full = s >= self.n && self.q[&(s - self.n)] != Q::Done;
+            (full, self.s.q_try_reserve(idx))
+        } else {
+            (self.bcast_expect_full(), self.s.bcast_try_reserve(idx))
+        };
+        let g = match got {
+            Err(Blocked::Full) => {
+                assert!(expected_full, "writer refused, model says a slot is free");
+                return;
+            }
+            Err(Blocked::Exhausted) => panic!("sequence space exhausted"),
+            Ok(g) => g,
+        };
+        assert!(!expected_full, "writer granted frame {} into a busy slot", g.seq);
+        assert!(
+            self.readers.iter().all(|r| r.held.is_none_or(|h| h.slot != g.slot)),
+            "writer granted slot {} that a reader holds",
+            g.slot
+        );
+        if self.queue() {
+            assert_eq!((g.seq, g.slot as u64), (self.wpos, self.wpos % self.n));
+            self.wpos += 1;
+            self.q.insert(g.seq, Q::Writing(idx));
+        } else {
+            assert_eq!(g.seq, self.committed_frames);
+            if self.mode == Mode::Broadcast(Backpressure::Block) {
+                assert_eq!(g.slot as u64, g.seq % self.n, "block mode uses slot seq % N");
+            }
+            self.slots[g.slot] = Content::Writing(g.seq);
+        }
+        fill(&self.s, g.slot, g.seq);
+        self.writers[i].reserved = Some(g);
+    }
+
+    /// Whether a broadcast writer must be refused now.
+    fn bcast_expect_full(&self) -> bool {
+        let s = self.committed_frames;
+        let held = |slot: usize| -> bool {
+            let Content::Full(seq) = self.slots[slot] else {
+                return false;
+            };
+            self.readers
+                .iter()
+                .any(|r| r.held.is_some_and(|h| (h.slot, h.seq) == (slot, seq)))
+        };
+        if self.mode == Mode::Broadcast(Backpressure::DropOldest) {
+            // Refused only when readers hold (pin) every slot.
+            return (0..self.slots.len()).all(held);
+        }
+        // Block: a lossless reader a full ring behind, or a lossy reader pinning the slot.
+        let need = (s + 1).saturating_sub(self.n);
+        let behind = self.readers.iter().any(|r| !r.lossy && r.cursor < need);
+        let slot = (s % self.n) as usize;
+        let pinned = held(slot)
+            && self
+                .readers
+                .iter()
+                .any(|r| r.lossy && r.held.is_some_and(|h| h.slot == slot));
+        behind || pinned
+    }
+
+    fn commit(&mut self, i: usize) {
+        let Some(g) = self.writers[i].reserved.take() else {
+            return;
+        };
+        let idx = self.writers[i].idx;
+        assert_eq!(payload(&self.s, g.slot), g.seq, "our own slot was overwritten");
+        if self.queue() {
+            assert!(self.s.q_commit(idx, g));
+            assert_eq!(self.q.insert(g.seq, Q::Full), Some(Q::Writing(idx)));
+            self.committed.insert(g.seq);
+        } else {
+            self.s.bcast_commit(idx, g);
+            self.slots[g.slot] = Content::Full(g.seq);
+            self.committed_frames = g.seq + 1;
+        }
+    }
+
+    fn abort(&mut self, i: usize) {
+        let Some(g) = self.writers[i].reserved.take() else {
+            return;
+        };
+        let idx = self.writers[i].idx;
+        if self.queue() {
+            self.s.q_abort(idx, g);
+            assert_eq!(self.q.insert(g.seq, Q::Abandoned), Some(Q::Writing(idx)));
+            self.abandoned += 1;
+        } else {
+            self.s.bcast_abort(idx, g);
+            self.slots[g.slot] = Content::Empty;
+        }
+    }
+
+    // ------------------------------------------------------------------ readers
+
+    fn acquire(&mut self, i: usize) {
+        assert!(self.readers[i].held.is_none());
+        let idx = self.readers[i].idx;
+        if self.queue() {
+            let expected = self.q_expect_acquire(idx);
+            let got = self.s.q_try_acquire(idx);
+            assert_eq!(got, expected, "queue acquire");
+            if let Some(g) = got {
+                assert_eq!(payload(&self.s, g.slot), g.seq, "queue frame {} torn", g.seq);
+                assert!(self.committed.contains(&g.seq), "uncommitted frame delivered");
+                assert!(self.delivered.insert(g.seq), "frame {} delivered twice", g.seq);
+                self.readers[i].held = Some(g);
+            }
+            return;
+        }
+        let expected = self.bcast_expect_acquire(i);
+        let got = self.s.bcast_try_acquire(idx);
+        assert_eq!(got, expected, "broadcast acquire by reader {idx}");
+        let r = &mut self.readers[i];
+        let lossless = self.mode == Mode::Broadcast(Backpressure::Block) && !r.lossy;
+        if lossless && r.cursor < self.committed_frames {
+            assert_eq!(
+                got.map(|g| (g.seq, g.extra)),
+                Some((r.cursor, 0)),
+                "lossless reader has a gap"
+            );
+        }
+        let Some(g) = got else { return };
+        assert_eq!(payload(&self.s, g.slot), g.seq, "frame {} torn", g.seq);
+        assert!(r.last.is_none_or(|l| g.seq > l), "sequences not increasing");
+        assert_eq!(g.extra, g.seq - r.cursor, "missed count is not the gap");
+        r.cursor = g.seq;
+        r.missed += g.extra;
+        r.last = Some(g.seq);
+        r.held = Some(g);
+        let e = self.s.peer(idx);
+        assert_eq!(e.missed.load(Relaxed), r.missed);
+        assert_eq!(e.cursor.load(Relaxed), r.cursor);
+    }
+
+    fn bcast_expect_acquire(&self, i: usize) -> Option<Grant> {
+        let cursor = self.readers[i].cursor;
+        if cursor >= self.committed_frames {
+            return None;
+        }
+        let fast = (cursor % self.n) as usize;
+        if self.slots[fast] == Content::Full(cursor) {
+            return Some(Grant {
+                slot: fast,
+                seq: cursor,
+                extra: 0,
+            });
+        }
+        // The frame at the cursor is gone: the oldest committed frame after it.
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| match *c {
+                Content::Full(seq) if seq >= cursor => Some(Grant {
+                    slot,
+                    seq,
+                    extra: seq - cursor,
+                }),
+                _ => None,
+            })
+            .min_by_key(|g| g.seq)
+    }
+
+    /// The queue's next frame for reader `idx`, updating the model as the ring would (skipped
+    /// abandoned sequences are done, the taken one is being read).
+    fn q_expect_acquire(&mut self, idx: usize) -> Option<Grant> {
+        loop {
+            let s = self.rpos;
+            if s >= self.wpos {
+                return None;
+            }
+            match self.q[&s] {
+                Q::Writing(_) => return None,
+                Q::Full => {
+                    self.q.insert(s, Q::Reading(idx));
+                    self.rpos += 1;
+                    return Some(Grant {
+                        slot: (s % self.n) as usize,
+                        seq: s,
+                        extra: 0,
+                    });
+                }
+                Q::Abandoned => {
+                    self.q.insert(s, Q::Done);
+                    self.rpos += 1;
+                }
+                other => panic!("model: sequence {s} at the read position is {other:?}"),
+            }
+        }
+    }
+
+    fn release(&mut self, i: usize) {
+        let Some(g) = self.readers[i].held.take() else {
+            return;
+        };
+        let idx = self.readers[i].idx;
+        assert_eq!(
+            payload(&self.s, g.slot),
+            g.seq,
+            "frame {} overwritten while held",
+            g.seq
+        );
+        if self.queue() {
+            self.s.q_release(idx, g);
+            assert_eq!(self.q.insert(g.seq, Q::Done), Some(Q::Reading(idx)));
+        } else {
+            self.s.bcast_release(idx, g);
+            self.readers[i].cursor = g.seq + 1;
+            assert_eq!(self.s.peer(idx).pin.load(Relaxed), 0);
+        }
+    }
+
+    // ------------------------------------------------------------------ end of a case
+
+    /// Commits what is reserved, then lets every reader read until nothing is left, and checks
+    /// that nothing committed went missing.
+    fn drain(&mut self) {
+        for i in 0..self.writers.len() {
+            self.commit(i);
+        }
+        if self.readers.is_empty() {
+            self.attach_reader(false);
+        }
+        for i in 0..self.readers.len() {
+            loop {
+                self.release(i);
+                self.acquire(i);
+                if self.readers[i].held.is_none() {
+                    break;
+                }
+            }
+            self.check_invariants();
+        }
+        if self.queue() {
+            assert!(self.delivered.is_disjoint(&self.lost));
+            let accounted: BTreeSet<u64> = self.delivered.union(&self.lost).copied().collect();
+            assert_eq!(accounted, self.committed, "committed frames went missing");
+            return;
+        }
+        for i in 0..self.readers.len() {
+            let r = &self.readers[i];
+            let lossless = self.mode == Mode::Broadcast(Backpressure::Block) && !r.lossy;
+            if lossless {
+                assert_eq!(r.cursor, self.committed_frames, "lossless reader left frames");
+            }
+            assert_eq!(self.bcast_expect_acquire(i), None, "a frame is left unread");
+        }
+    }
+}
+
+fn run(mode: Mode, slots: u32, readers: u32, writers: u32, ops: &[Op]) {
+    let mut sim = Sim::new(mode, slots, readers, writers);
+    // Start with one writer and one reader so that short sequences do something.
+    sim.attach_writer();
+    sim.attach_reader(false);
+    for &op in ops {
+        sim.step(op);
+    }
+    sim.drain();
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn broadcast_block(
+        slots in 1u32..=4,
+        readers in 1u32..=3,
+        ops in vec(op(), 1..150),
+    ) {
+        run(Mode::Broadcast(Backpressure::Block), slots, readers, 1, &ops);
+    }
+
+    #[test]
+    fn broadcast_drop_oldest(
+        slots in 1u32..=4,
+        readers in 1u32..=3,
+        ops in vec(op(), 1..150),
+    ) {
+        run(Mode::Broadcast(Backpressure::DropOldest), slots, readers, 1, &ops);
+    }
+
+    #[test]
+    fn queue(
+        slots in 1u32..=4,
+        readers in 1u32..=3,
+        writers in 1u32..=3,
+        ops in vec(op(), 1..150),
+    ) {
+        run(Mode::Queue, slots, readers, writers, &ops);
+    }
+}

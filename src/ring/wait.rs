@@ -176,7 +176,7 @@ impl Waiter {
         loop {
             try_once!();
             i = i.wrapping_add(1);
-            if i % 64 == 0 {
+            if i.is_multiple_of(64) {
                 let now = now_ns();
                 if deadline.is_some_and(|d| now >= d) {
                     return Err(WaitEnd::Timeout);
@@ -188,7 +188,7 @@ impl Waiter {
                 if now.saturating_sub(start) >= spin {
                     break;
                 }
-                if i % 4096 == 0 {
+                if i.is_multiple_of(4096) {
                     std::thread::yield_now();
                 }
             }

@@ -396,9 +396,26 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// Whether the name still refers to this object: after `shmflow rm NAME` and a new ring of
+    /// the same name, dropping the old owner must not remove the new ring. (A remove and
+    /// re-create between this check and the unlink is not covered: that window is a few µs.)
+    fn name_is_still_ours(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(mine) = sys::fstat(self.fd.as_fd()) else {
+            return false;
+        };
+        let path = format!("/dev/shm{}", self.shm_name.to_string_lossy());
+        match std::fs::metadata(path) {
+            Ok(m) => (m.dev(), m.ino()) == mine.id,
+            Err(_) => false,
+        }
+    }
+}
+
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.is_owner() {
+        if self.is_owner() && self.name_is_still_ours() {
             // Errors are ignored: Drop must not panic, and the name may
             // legitimately be gone already (ENOENT: someone ran `unlink`).
             if let Err(e) = sys::shm_unlink(&self.shm_name) {

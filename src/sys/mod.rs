@@ -165,6 +165,8 @@ pub(crate) struct FileStat {
     pub uid: u32,
     /// `st_mode`: file type and permission bits; see [`FileStat::permissions`].
     pub mode: u32,
+    /// `st_dev` and `st_ino`: which file this is (a name can be reused by a new file).
+    pub id: (u64, u64),
 }
 
 impl FileStat {
@@ -192,6 +194,7 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
         size: u64::try_from(st.st_size).unwrap_or(0),
         uid: st.st_uid,
         mode: st.st_mode,
+        id: (st.st_dev, st.st_ino),
     })
 }
 

@@ -327,7 +327,11 @@ pub(crate) fn cpu_time(pid: u32) -> io::Result<std::time::Duration> {
 /// Sets a pipe's buffer size (`F_SETPIPE_SZ`); returns the size the kernel granted.
 pub(crate) fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     // SAFETY: fcntl F_SETPIPE_SZ on a borrowed (open) fd with an integer argument.
-    let r = syscall!(fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes as libc::c_int))?;
+    let r = syscall!(fcntl(
+        fd.as_raw_fd(),
+        libc::F_SETPIPE_SZ,
+        bytes as libc::c_int
+    ))?;
     Ok(r as usize)
 }
 
