@@ -775,3 +775,122 @@ fn exiting_owner_does_not_remove_a_newer_ring_of_the_same_name() {
         "the first pub's exit removed the second pub's ring"
     );
 }
+
+/// Segments left in /dev/shm whose name contains `pat`.
+fn leftovers(pat: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(pat))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn bench_quick_runs_end_to_end_and_reports_every_figure() {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shmflow"))
+        .args(["bench", "--quick", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shmflow bench");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
+    assert!(doc["machine"]["cpus"].as_u64().unwrap_or(0) >= 1);
+    let results = doc["results"].as_array().expect("results array");
+    let has = |s: &str, t: &str, unit: &str| {
+        results.iter().any(|r| {
+            r["scenario"] == s
+                && r["transport"] == t
+                && r["unit"] == unit
+                && r["median"]
+                    .as_f64()
+                    .is_some_and(|m| m > 0.0 && m.is_finite())
+                && r["min"].as_f64() <= r["median"].as_f64()
+                && r["median"].as_f64() <= r["max"].as_f64()
+                && r["runs"].as_u64() == Some(3)
+        })
+    };
+    for s in ["frames_1080p", "frames_4k"] {
+        for t in [
+            "ring",
+            "ring_2readers",
+            "ring_queue",
+            "pipe",
+            "pipe_1m",
+            "unix_socket",
+            "limit_writer",
+            "limit_reader",
+        ] {
+            assert!(has(s, t, "frames/s"), "missing {s} {t}");
+        }
+    }
+    for t in ["ring", "ring_busy", "pipe"] {
+        assert!(has("rtt_64b", t, "us"), "missing rtt_64b {t}");
+    }
+    assert!(has("pool_trivial_1m", "pool_2w", "s"));
+    assert!(has("pool_apply_rtt", "pool_2w", "us"));
+    assert!(has("pool_frames_1080p", "pool_1w", "frames/s"));
+    assert!(has("pool_frames_1080p", "pool_2w", "frames/s"));
+    let left: Vec<String> = leftovers(&format!("-{pid}-"))
+        .into_iter()
+        .filter(|n| n.starts_with("shmflow.bench-") || n.starts_with("shmflow.pool-"))
+        .collect();
+    assert!(left.is_empty(), "segments left: {left:?}");
+}
+
+#[test]
+fn demo_runs_end_to_end_and_leaves_nothing_behind() {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shmflow"))
+        .args(["demo", "--frames", "50", "--workers", "2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shmflow demo");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = |label: &str| -> u64 {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| {
+                l[l.find(label).unwrap() + label.len()..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{stdout}"))
+    };
+    assert_eq!(count("camera (written)"), 50);
+    assert_eq!(count("workers (results, in order)"), 50);
+    assert_eq!(count("sink (thumbnails)"), 50);
+    assert_eq!(count("recorder (lossless)"), 50);
+    assert!(stdout.contains("gaps 0"), "{stdout}");
+    assert!(stdout.contains("same pipeline through pipes"), "{stdout}");
+    let left = leftovers(&format!("demo-{pid}-"));
+    assert!(left.is_empty(), "segments left: {left:?}");
+    // No process of the demo survives it: its children were all reaped or killed.
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|s| {
+            s.rsplit(')').next().unwrap_or("").split_whitespace().nth(1) == Some(&pid.to_string())
+        })
+        .collect();
+    assert!(survivors.is_empty(), "{survivors:?}");
+}
