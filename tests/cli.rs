@@ -754,7 +754,6 @@ fn every_subcommand_has_help_with_an_example() {
 /// name* when it exits, so after `shmflow rm NAME` and a new `shmflow pub NAME`, the first
 /// pub's exit removes the second pub's ring. Run with `--ignored` to see it fail.
 #[test]
-#[ignore = "library bug: an owner's drop unlinks whatever segment now has its name"]
 fn exiting_owner_does_not_remove_a_newer_ring_of_the_same_name() {
     let name = unique_name("cli-reuse");
     let _g = RingGuard(name.clone());
