@@ -16,10 +16,14 @@
 //! wants, or the one it holds): it finds the slot stamped `FULL(cursor)`, reads it in place, and
 //! on release stores `cursor + 1`.
 //!
-//! * **Block** (lossless): before reusing the slot of frame `s - N`, the writer checks that
-//!   every ACTIVE reader's cursor is above `s - N`; if not, it waits. A reader that attaches
-//!   stores its cursor and then re-reads `write_seq` (both SeqCst), so either the writer sees the
-//!   new cursor or the reader sees the writer's progress and starts later (a Dekker handshake).
+//! * **Block** (lossless): the writer may reuse a slot only when every ACTIVE reader's cursor
+//!   is above the frame in it; among those it takes the most recently released one (LIFO, so
+//!   a pipeline that keeps up cycles through two or three cache-warm frames, not all N), and
+//!   waits when there is none. Because slots are reused out of order, the writer records in a
+//!   *locator* (slot table entry `s % N`) which slot holds frame `s`; readers look there first
+//!   and fall back to scanning the stamps. A reader that attaches stores its cursor and then
+//!   re-reads `write_seq` (both SeqCst) and starts from there: any reservation that did not see
+//!   its cursor reuses a frame older than that (a Dekker handshake).
 //! * **DropOldest** (live): the writer never waits for cursors. A reader *pins* the slot it reads
 //!   (`pin = (slot + 1) << 48 | seq`, SeqCst) and then re-checks the stamp; the writer marks a
 //!   slot WRITING (SeqCst) and then checks the pins, restoring the stamp and trying the
@@ -181,13 +185,12 @@ impl Shared {
         e.cursor.store(cursor, SeqCst);
         self.activate(i, pid, generation);
         if self.layout.mode == Mode::Broadcast(Backpressure::Block) {
-            // Dekker with `bcast_try_reserve`: if the writer reserved frame `cursor + N` (which
-            // reuses the slot of `cursor`) without seeing us, we see that here and start later.
-            loop {
-                let w = c.load(SeqCst);
-                if w < cursor + self.n() {
-                    break;
-                }
+            // Dekker with `bcast_pick_consumed`: a reservation that did not see our cursor
+            // stored `write_seq = s` before looking, so this load sees at least `s`, and that
+            // reservation reuses a slot holding a frame below `s`. Starting at what we see here
+            // keeps every frame we will read out of its reach.
+            let w = c.load(SeqCst);
+            if w > cursor {
                 cursor = w;
                 e.cursor.store(cursor, SeqCst);
             }
@@ -331,39 +334,77 @@ impl Shared {
         if s >= SEQ_LIMIT - 1 {
             return Err(Blocked::Exhausted);
         }
-        let n = self.n();
         match self.layout.mode {
             Mode::Broadcast(Backpressure::DropOldest) => self.bcast_pick_unpinned(w, s),
-            _ => {
-                let mut lossy = false;
-                let need = (s + 1).saturating_sub(n);
-                for r in self.peers_of(Role::Reader) {
-                    let e = self.peer(r);
-                    if peer_status(e.state.load(SeqCst)) != ps::ACTIVE {
-                        continue;
-                    }
-                    if e.flags.load(Relaxed) & FLAG_LOSSY != 0 {
-                        lossy = true;
-                    } else if e.cursor.load(SeqCst) < need {
-                        return Err(Blocked::Full);
-                    }
-                }
-                let slot = self.slot_of(s);
-                if lossy {
-                    // A lossy reader may be reading the frame in this slot: the pin handshake
-                    // of drop-oldest, but a pinned slot makes us wait instead of moving on.
-                    return self.bcast_try_slot(w, s, slot).ok_or(Blocked::Full);
-                }
-                let m = self.meta(slot);
-                let prev = m.stamp.load(Relaxed);
-                m.stamp.store(stamp(s, w, st::WRITING), SeqCst);
-                Ok(Grant {
-                    slot,
-                    seq: s,
-                    extra: prev,
-                })
+            _ => self.bcast_pick_consumed(w, s),
+        }
+    }
+
+    /// Lossless slot choice: any slot whose frame every lossless reader has released (its
+    /// seq is below their smallest cursor) may be reused; we take the one released most
+    /// recently, whose bytes are most likely still in the CPU caches (a last-in, first-out
+    /// reuse that keeps a fast pipeline cycling through two or three frames instead of all N).
+    /// Never-used slots come last. Lossy readers' pins are respected (we wait for them).
+    fn bcast_pick_consumed(&self, w: usize, s: u64) -> Result<Grant, Blocked> {
+        let mut lossy = false;
+        let mut min_cursor = u64::MAX;
+        for r in self.peers_of(Role::Reader) {
+            let e = self.peer(r);
+            if peer_status(e.state.load(SeqCst)) != ps::ACTIVE {
+                continue;
+            }
+            if e.flags.load(Relaxed) & FLAG_LOSSY != 0 {
+                lossy = true;
+            } else {
+                min_cursor = min_cursor.min(e.cursor.load(SeqCst));
             }
         }
+        // Rank: a released frame scores seq + 2 (newest best), an empty slot 1, a frame some
+        // lossless reader still needs is not eligible.
+        let score = |i: usize| -> u64 {
+            let v = self.meta(i).stamp.load(Relaxed);
+            match stamp_state(v) {
+                st::FULL if stamp_seq(v) < min_cursor => stamp_seq(v) + 2,
+                st::FULL => 0,
+                _ => 1,
+            }
+        };
+        let n = self.layout.slot_count as usize;
+        let mut best = (0u64, 0usize);
+        for i in 0..n {
+            let k = score(i);
+            if k > best.0 {
+                best = (k, i);
+            }
+        }
+        if best.0 == 0 {
+            return Err(Blocked::Full);
+        }
+        if !lossy {
+            let m = self.meta(best.1);
+            let prev = m.stamp.load(Relaxed);
+            m.stamp.store(stamp(s, w, st::WRITING), SeqCst);
+            return Ok(Grant {
+                slot: best.1,
+                seq: s,
+                extra: prev,
+            });
+        }
+        // A lossy reader may be reading one of these frames: the pin handshake of drop-oldest,
+        // trying the candidates best first; if all are pinned, wait.
+        if let Some(g) = self.bcast_try_slot(w, s, best.1) {
+            return Ok(g);
+        }
+        let mut order: Vec<(u64, usize)> = (0..n)
+            .map(|i| (score(i), i))
+            .filter(|(k, i)| *k > 0 && *i != best.1)
+            .collect();
+        // Best score first; on equal scores (empty slots) the lowest index, as above.
+        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        order
+            .into_iter()
+            .find_map(|(_, i)| self.bcast_try_slot(w, s, i))
+            .ok_or(Blocked::Full)
     }
 
     /// Drop-oldest slot choice: the slot holding the oldest frame that nobody reads. Slot
@@ -436,6 +477,11 @@ impl Shared {
 
     /// Publishes a reserved frame. The caller has filled the payload and the slot metadata.
     pub(crate) fn bcast_commit(&self, w: usize, g: Grant) {
+        // The locator first, then the stamp (Release): a reader that finds the locator stale
+        // falls back to a scan, never to a wrong frame (it checks the stamp).
+        self.meta(self.slot_of(g.seq))
+            .locator
+            .store((g.seq << 16) | g.slot as u64, Release);
         self.meta(g.slot)
             .stamp
             .store(stamp(g.seq, w, st::FULL), Release);
@@ -465,7 +511,14 @@ impl Shared {
             if cursor >= w {
                 return None;
             }
-            let fast = self.slot_of(cursor);
+            // Where is frame `cursor`? The locator says (lossless rings reuse slots out of
+            // order); a stale or hostile locator only costs the scan below.
+            let loc = self.meta(self.slot_of(cursor)).locator.load(Acquire);
+            let fast = if loc >> 16 == cursor & ((1 << 48) - 1) {
+                (loc & 0xFFFF) as usize % self.layout.slot_count as usize
+            } else {
+                self.slot_of(cursor)
+            };
             let v = self.meta(fast).stamp.load(Acquire);
             let (slot, seq, v) = if stamp_state(v) == st::FULL && stamp_seq(v) == cursor {
                 (fast, cursor, v)
@@ -727,7 +780,8 @@ mod tests {
 
     #[test]
     fn lossy_reader_of_a_block_ring_never_holds_the_writer_beyond_its_frame() {
-        let s = ring(Mode::Broadcast(Backpressure::Block), 2, 2, 1);
+        // One slot: the frame a lossy reader holds is the only thing in the writer's way.
+        let s = ring(Mode::Broadcast(Backpressure::Block), 1, 2, 1);
         let w = writer(&s);
         let lossless = reader(&s);
         let (lossy, g) = s.claim_peer(Role::Reader, 1, 0).unwrap();
@@ -739,14 +793,33 @@ mod tests {
             let r = s.bcast_try_acquire(lossless).unwrap();
             s.bcast_release(lossless, r);
         }
-        // It takes the oldest frame still there and is told what it missed.
+        // It takes the newest frame still there and is told what it missed.
         let held = s.bcast_try_acquire(lossy).unwrap();
-        assert_eq!((held.seq, held.extra), (4, 4));
-        // Frame 6 would reuse the slot of frame 4, which the lossy reader holds: wait.
+        assert_eq!((held.seq, held.extra), (5, 5));
+        // Frame 6 would reuse the slot the lossy reader holds: wait.
         assert_eq!(s.bcast_try_reserve(w), Err(Blocked::Full));
         s.bcast_release(lossy, held);
         let g = s.bcast_try_reserve(w).unwrap();
         assert_eq!(g.seq, 6);
+    }
+
+    #[test]
+    fn lossless_writer_reuses_the_most_recently_released_slot() {
+        let s = ring(Mode::Broadcast(Backpressure::Block), 4, 1, 1);
+        let w = writer(&s);
+        let r = reader(&s);
+        let mut used = std::collections::HashSet::new();
+        for seq in 0..100 {
+            let g = s.bcast_try_reserve(w).unwrap();
+            assert_eq!(g.seq, seq);
+            used.insert(g.slot);
+            s.bcast_commit(w, g);
+            let f = s.bcast_try_acquire(r).unwrap();
+            assert_eq!((f.seq, f.extra), (seq, 0), "the locator finds every frame");
+            s.bcast_release(r, f);
+        }
+        // A reader that keeps up lets the writer cycle through one warm slot.
+        assert_eq!(used.len(), 1);
     }
 
     #[test]

@@ -134,7 +134,11 @@ struct Sim {
     rpos: u64,
     q: BTreeMap<u64, Q>,
     committed: BTreeSet<u64>,
-    delivered: BTreeSet<u64>,
+    /// Handed to a reader (at most once each).
+    handed: BTreeSet<u64>,
+    /// Released by their reader.
+    consumed: BTreeSet<u64>,
+    /// Held by a reader that died.
     lost: BTreeSet<u64>,
     abandoned: u64,
 }
@@ -177,7 +181,8 @@ impl Sim {
             rpos: 0,
             q: BTreeMap::new(),
             committed: BTreeSet::new(),
-            delivered: BTreeSet::new(),
+            handed: BTreeSet::new(),
+            consumed: BTreeSet::new(),
             lost: BTreeSet::new(),
             abandoned: 0,
         }
@@ -383,7 +388,11 @@ impl Sim {
         } else {
             assert_eq!(g.seq, self.committed_frames);
             if self.mode == Mode::Broadcast(Backpressure::Block) {
-                assert_eq!(g.slot as u64, g.seq % self.n, "block mode uses slot seq % N");
+                assert_eq!(
+                    Some(g.slot),
+                    self.block_expected_slot(),
+                    "block mode reuses the most recently released slot"
+                );
             }
             self.slots[g.slot] = Content::Writing(g.seq);
         }
@@ -406,16 +415,41 @@ impl Sim {
             // Refused only when readers hold (pin) every slot.
             return (0..self.slots.len()).all(held);
         }
-        // Block: a lossless reader a full ring behind, or a lossy reader pinning the slot.
-        let need = (s + 1).saturating_sub(self.n);
-        let behind = self.readers.iter().any(|r| !r.lossy && r.cursor < need);
-        let slot = (s % self.n) as usize;
-        let pinned = held(slot)
-            && self
-                .readers
+        // Block: refused when no slot is reusable (see `block_expected_slot`).
+        self.block_expected_slot().is_none()
+    }
+
+    /// The slot a lossless (block) writer takes: among slots that are empty or hold a frame
+    /// every lossless reader has released, and that no lossy reader pins, the one with the
+    /// newest released frame (empty ones last); ties go to the lowest index.
+    fn block_expected_slot(&self) -> Option<usize> {
+        let min_cursor = self
+            .readers
+            .iter()
+            .filter(|r| !r.lossy)
+            .map(|r| r.cursor)
+            .min()
+            .unwrap_or(u64::MAX);
+        let pinned = |slot: usize, seq: u64| {
+            self.readers
                 .iter()
-                .any(|r| r.lossy && r.held.is_some_and(|h| h.slot == slot));
-        behind || pinned
+                .any(|r| r.lossy && r.held.is_some_and(|h| (h.slot, h.seq) == (slot, seq)))
+        };
+        let score = |slot: usize| -> u64 {
+            match self.slots[slot] {
+                Content::Full(x) if x < min_cursor && !pinned(slot, x) => x + 2,
+                Content::Full(_) => 0,
+                _ => 1,
+            }
+        };
+        let mut best: Option<(u64, usize)> = None;
+        for slot in 0..self.slots.len() {
+            let k = score(slot);
+            if k > 0 && best.is_none_or(|(b, _)| k > b) {
+                best = Some((k, slot));
+            }
+        }
+        best.map(|(_, slot)| slot)
     }
 
     fn commit(&mut self, i: usize) {
@@ -462,7 +496,7 @@ impl Sim {
             if let Some(g) = got {
                 assert_eq!(payload(&self.s, g.slot), g.seq, "queue frame {} torn", g.seq);
                 assert!(self.committed.contains(&g.seq), "uncommitted frame delivered");
-                assert!(self.delivered.insert(g.seq), "frame {} delivered twice", g.seq);
+                assert!(self.handed.insert(g.seq), "frame {} delivered twice", g.seq);
                 self.readers[i].held = Some(g);
             }
             return;
@@ -497,15 +531,8 @@ impl Sim {
         if cursor >= self.committed_frames {
             return None;
         }
-        let fast = (cursor % self.n) as usize;
-        if self.slots[fast] == Content::Full(cursor) {
-            return Some(Grant {
-                slot: fast,
-                seq: cursor,
-                extra: 0,
-            });
-        }
-        // The frame at the cursor is gone: the oldest committed frame after it.
+        // The frame at the cursor wherever it is (the locator finds it; lossless rings reuse
+        // slots out of order), else the oldest committed frame after it.
         self.slots
             .iter()
             .enumerate()
@@ -562,6 +589,7 @@ impl Sim {
         if self.queue() {
             self.s.q_release(idx, g);
             assert_eq!(self.q.insert(g.seq, Q::Done), Some(Q::Reading(idx)));
+            self.consumed.insert(g.seq);
         } else {
             self.s.bcast_release(idx, g);
             self.readers[i].cursor = g.seq + 1;
@@ -591,8 +619,9 @@ impl Sim {
             self.check_invariants();
         }
         if self.queue() {
-            assert!(self.delivered.is_disjoint(&self.lost));
-            let accounted: BTreeSet<u64> = self.delivered.union(&self.lost).copied().collect();
+            assert!(self.consumed.is_disjoint(&self.lost));
+            let accounted: BTreeSet<u64> = self.consumed.union(&self.lost).copied().collect();
+            assert_eq!(accounted, self.handed);
             assert_eq!(accounted, self.committed, "committed frames went missing");
             return;
         }
@@ -648,4 +677,45 @@ proptest! {
     ) {
         run(Mode::Queue, slots, readers, writers, &ops);
     }
+}
+
+/// A reader entry between its claim (the compare-and-swap in `Shared::claim_peer`) and the
+/// store of its start time, as another process sees it, must not be reclaimed as dead because
+/// of the start time its previous occupant left behind.
+///
+/// Fails today: `claim_peer` stores `start_time` (Relaxed) after the CAS that makes the entry
+/// CLAIMING with the new pid, and `reclaim_dead` reads `start_time` (Relaxed) after loading
+/// the state, so a liveness scan can pair the new pid with the old start time, judge the live
+/// process dead and reclaim the entry; the attaching process then `activate`s it with a plain
+/// store (no CAS), and the entry may meanwhile have been claimed by a third process.
+#[test]
+fn attaching_peer_is_not_reclaimed_with_the_previous_start_time() {
+    use super::shared::peer_state;
+    let layout = Layout::compute(
+        DType::U8,
+        &[8],
+        2,
+        Mode::Broadcast(Backpressure::Block),
+        1,
+        1,
+    )
+    .unwrap();
+    let s = Shared::heap(layout);
+    // Process 10 (started at tick 111) attaches reader entry 0 and detaches.
+    let (i, g) = s.claim_peer(Role::Reader, 10, 111).unwrap();
+    s.attach_reader(i, 10, g);
+    assert!(s.release_peer(i, 10, g));
+    // Process 20 (started at tick 222) wins the claim CAS; its start-time store is not
+    // visible yet.
+    let e = s.peer(i);
+    e.state
+        .store(peer_state(20, g + 1, ps::CLAIMING), Relaxed);
+    assert_eq!(e.start_time.load(Relaxed), 111);
+    // A liveness scan elsewhere, with the real rule (same pid and same start time).
+    let mut alive = |pid: u32, start: u64| pid == 20 && (start == 0 || start == 222);
+    assert_eq!(
+        s.reclaim_dead(Role::Reader, None, &mut alive),
+        0,
+        "a live process that is attaching was reclaimed as dead"
+    );
 }

@@ -157,7 +157,10 @@ pub(crate) struct SlotMeta {
     pub timestamp_ns: AtomicU64,
     /// A value the writer chose.
     pub tag: AtomicU64,
-    pub _reserved: [AtomicU64; 3],
+    /// Broadcast *locator*: entry `j` says which slot holds the newest frame with
+    /// `seq % slot_count == j`: `seq << 16 | slot`. A hint (readers verify the slot's stamp).
+    pub locator: AtomicU64,
+    pub _reserved: [AtomicU64; 2],
 }
 
 #[cfg(not(loom))]
