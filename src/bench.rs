@@ -291,9 +291,7 @@ fn spawn_peer(
     }
 }
 
-fn expect_done(
-    p: &mut crate::process::Process<u64, PeerMsg>,
-) -> Result<(u64, bool), BoxError> {
+fn expect_done(p: &mut crate::process::Process<u64, PeerMsg>) -> Result<(u64, bool), BoxError> {
     match p.recv()? {
         PeerMsg::Done(n, ok) => Ok((n, ok)),
         other => Err(format!("peer: unexpected {other:?}").into()),
@@ -718,7 +716,12 @@ pub fn run(o: &BenchOpts, mut progress: impl FnMut(&str)) -> Result<Vec<BenchRes
         results.push(stats("pool_apply_rtt", "pool_2w", "us", pool_apply(o)?));
         for (w, t) in [(1, "pool_1w"), (2, "pool_2w")] {
             progress(&format!("pool_frames_1080p {t}"));
-            results.push(stats("pool_frames_1080p", t, "frames/s", pool_frames(o, w)?));
+            results.push(stats(
+                "pool_frames_1080p",
+                t,
+                "frames/s",
+                pool_frames(o, w)?,
+            ));
         }
     }
     Ok(results)
