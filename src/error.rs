@@ -159,6 +159,10 @@ pub enum AttachError {
         /// The ring's `max_writers`.
         max: u32,
     },
+    /// Another process reclaimed this endpoint's entry while it was attaching: it judged this
+    /// process dead (processes in different pid namespaces cannot check each other's liveness).
+    #[error("another process reclaimed this endpoint's entry while it attached (are the processes in different pid namespaces?)")]
+    Reclaimed,
     /// Setting up the reader's doorbell socket or reading `/proc` failed.
     #[error("could not attach to the ring")]
     Io(#[source] io::Error),

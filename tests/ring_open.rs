@@ -9,6 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The layout version this shmflow writes (docs/PROTOCOL.md).
+const LAYOUT_VERSION: u32 = 2;
+
 use common::*;
 use ndarray::{Ix1, Ix2, Ix3, IxDyn};
 use shmflow::{
@@ -308,7 +311,7 @@ fn a_file_that_is_not_a_ring_is_refused() {
     // Right magic and version, garbage after.
     let mut b = noise(8192, seed ^ 0xabcdef);
     b[..8].copy_from_slice(b"SHMFLOW\0");
-    put_u32(&mut b, off::READY, 1);
+    put_u32(&mut b, off::READY, LAYOUT_VERSION);
     let e = fake.open_with(&b).unwrap_err();
     assert!(matches!(e, OpenError::Corrupted { .. }), "{e:?}");
 }
@@ -376,15 +379,15 @@ fn a_consistent_header_claiming_more_than_the_file_is_truncated() {
 #[test]
 fn a_changed_version_word_is_version_mismatch() {
     let bytes = real_ring_bytes();
-    assert_eq!(get_u32(&bytes, off::READY), 1);
+    assert_eq!(get_u32(&bytes, off::READY), LAYOUT_VERSION);
     let fake = Fake::new("open-version");
-    for v in [2, 0x81, 0xFFFF_FFFF] {
+    for v in [1, LAYOUT_VERSION + 1, 0x81, 0xFFFF_FFFF] {
         let mut b = bytes.clone();
         put_u32(&mut b, off::READY, v);
         match fake.open_with(&b).unwrap_err() {
             OpenError::VersionMismatch {
                 found, expected, ..
-            } => assert_eq!((found, expected), (v, 1)),
+            } => assert_eq!((found, expected), (v, LAYOUT_VERSION)),
             e => panic!("version {v}: {e:?}"),
         }
     }

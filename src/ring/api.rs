@@ -517,9 +517,13 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     /// broadcast ring has one); dead holders are reclaimed first.
     pub fn writer(&self) -> Result<Writer<T, D>, AttachError> {
         let (index, generation) = self.claim(Role::Writer)?;
-        self.inner
+        if !self
+            .inner
             .shared
-            .attach_writer(index, self.inner.pid, generation);
+            .attach_writer(index, self.inner.pid, generation)
+        {
+            return Err(AttachError::Reclaimed);
+        }
         Ok(Writer::new(self.clone(), index, generation))
     }
 

@@ -143,39 +143,54 @@ impl Shared {
         None
     }
 
-    /// CLAIMING -> ACTIVE.
-    pub(crate) fn activate(&self, i: usize, pid: u32, generation: u32) {
+    /// CLAIMING -> ACTIVE. False if the entry was taken from us meanwhile (reclaimed by
+    /// someone who judged us dead): the caller must not use it.
+    #[must_use]
+    pub(crate) fn activate(&self, i: usize, pid: u32, generation: u32) -> bool {
         self.peer(i)
             .state
-            .store(peer_state(pid, generation, ps::ACTIVE), SeqCst);
+            .compare_exchange(
+                peer_state(pid, generation, ps::CLAIMING),
+                peer_state(pid, generation, ps::ACTIVE),
+                SeqCst,
+                Relaxed,
+            )
+            .is_ok()
     }
 
     /// Detaches a peer cleanly: ACTIVE/CLAIMING -> FREE (keeping the generation). Returns false
     /// when the entry is no longer ours (it was reclaimed as dead).
     pub(crate) fn release_peer(&self, i: usize, pid: u32, generation: u32) -> bool {
         let e = self.peer(i);
-        e.pin.store(0, Release);
-        for status in [ps::ACTIVE, ps::CLAIMING] {
-            let cur = peer_state(pid, generation, status);
-            if e.state
-                .compare_exchange(cur, peer_state(0, generation, ps::FREE), AcqRel, Relaxed)
-                .is_ok()
-            {
-                return true;
-            }
+        let cur = e.state.load(SeqCst);
+        let ours = peer_pid(cur) == pid
+            && peer_gen(cur) == generation
+            && matches!(peer_status(cur), ps::ACTIVE | ps::CLAIMING);
+        if !ours {
+            // Reclaimed (we were judged dead): the entry, and its pin, may be someone else's.
+            return false;
         }
-        false
+        e.pin.store(0, Release);
+        e.state
+            .compare_exchange(cur, peer_state(0, generation, ps::FREE), AcqRel, Relaxed)
+            .is_ok()
     }
 
     /// Attaches reader `i` (CLAIMING) and makes it ACTIVE with a cursor at the next frame.
     #[cfg_attr(not(any(test, loom)), allow(dead_code))] // endpoints use attach_reader_with
-    pub(crate) fn attach_reader(&self, i: usize, pid: u32, generation: u32) {
+    pub(crate) fn attach_reader(&self, i: usize, pid: u32, generation: u32) -> bool {
         self.attach_reader_with(i, pid, generation, false)
     }
 
     /// As [`Shared::attach_reader`]; a `lossy` reader of a block ring does not hold the
-    /// writer back (see [`FLAG_LOSSY`]).
-    pub(crate) fn attach_reader_with(&self, i: usize, pid: u32, generation: u32, lossy: bool) {
+    /// writer back (see [`FLAG_LOSSY`]). False if the entry was reclaimed while we attached.
+    pub(crate) fn attach_reader_with(
+        &self,
+        i: usize,
+        pid: u32,
+        generation: u32,
+        lossy: bool,
+    ) -> bool {
         let e = self.peer(i);
         if lossy {
             e.flags.fetch_or(FLAG_LOSSY, SeqCst);
@@ -183,7 +198,10 @@ impl Shared {
         let c = &self.control().write_seq.v;
         let mut cursor = c.load(SeqCst);
         e.cursor.store(cursor, SeqCst);
-        self.activate(i, pid, generation);
+        let active = self.activate(i, pid, generation);
+        // Orders the activation before the write_seq load below for every model (loom treats
+        // lone SeqCst accesses as weaker than C++ does; clients without SeqCst need it too).
+        fence(SeqCst);
         if self.layout.mode == Mode::Broadcast(Backpressure::Block) {
             // Dekker with `bcast_pick_consumed`: a reservation that did not see our cursor
             // stored `write_seq = s` before looking, so this load sees at least `s`, and that
@@ -196,10 +214,12 @@ impl Shared {
             }
         }
         self.control().reader_attaches.fetch_add(1, Relaxed);
+        active
     }
 
-    /// Attaches writer `i` (CLAIMING) and makes it ACTIVE.
-    pub(crate) fn attach_writer(&self, i: usize, pid: u32, generation: u32) {
+    /// Attaches writer `i` (CLAIMING) and makes it ACTIVE. False if the entry was reclaimed
+    /// while we attached.
+    pub(crate) fn attach_writer(&self, i: usize, pid: u32, generation: u32) -> bool {
         if matches!(self.layout.mode, Mode::Broadcast(_)) {
             // A previous writer may have died mid-frame: its slot is WRITING and was never
             // published. Nobody reads WRITING slots, so we just mark it EMPTY.
@@ -216,8 +236,9 @@ impl Shared {
                 }
             }
         }
-        self.activate(i, pid, generation);
+        let active = self.activate(i, pid, generation);
         self.control().writer_attaches.fetch_add(1, SeqCst);
+        active
     }
 
     /// True when at least one writer attached once and none is attached now (alive or not yet
@@ -250,7 +271,13 @@ impl Shared {
             if peer_status(s) == ps::FREE {
                 continue;
             }
-            let start = e.start_time.load(Relaxed);
+            // A CLAIMING entry's start time may still be the previous occupant's (the claimer
+            // stores its own just after the claim): judge it by its pid alone.
+            let start = if peer_status(s) == ps::CLAIMING {
+                0
+            } else {
+                e.start_time.load(Relaxed)
+            };
             if !alive(peer_pid(s), start) && self.reclaim(i, s) {
                 n += 1;
             }
@@ -346,6 +373,8 @@ impl Shared {
     /// reuse that keeps a fast pipeline cycling through two or three frames instead of all N).
     /// Never-used slots come last. Lossy readers' pins are respected (we wait for them).
     fn bcast_pick_consumed(&self, w: usize, s: u64) -> Result<Grant, Blocked> {
+        // Pairs with the fence in `attach_reader_with` (our write_seq store came before).
+        fence(SeqCst);
         let mut lossy = false;
         let mut min_cursor = u64::MAX;
         for r in self.peers_of(Role::Reader) {

@@ -21,7 +21,7 @@ use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 /// `b"SHMFLOW\0"` read as a little-endian `u64`.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMFLOW\0");
 /// Layout version: bump on any change to this file or to the protocol.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the peer table (header + control block, padded to a page).
 pub(crate) const HEADER_BYTES: u64 = 4096;
 /// Offset of the control block inside the header page.
@@ -505,6 +505,23 @@ mod tests {
             c(&[1 << 20, 1 << 20], 64, b, 1, 1),
             Err(LayoutError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn hash_matches_the_documented_test_vector() {
+        // docs/PROTOCOL.md, "Layout hash": clients in other languages check against this.
+        let l = Layout::compute(DType::U8, &[4, 4], 4, Mode::Queue, 2, 2).unwrap();
+        assert_eq!(
+            (
+                l.slot_bytes,
+                l.slot_stride,
+                l.meta_offset,
+                l.payload_offset,
+                l.total_size
+            ),
+            (16, 64, 4608, 8192, 8448)
+        );
+        assert_eq!(l.hash(), 0x7db0_d29c_f07f_2a2e);
     }
 
     #[test]

@@ -35,7 +35,9 @@ use crate::primitive::Ordering::Relaxed;
 /// their number), so every generated sequence stays meaningful while peers come and go.
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    AttachReader { lossy: bool },
+    AttachReader {
+        lossy: bool,
+    },
     DetachReader(usize),
     KillReader(usize),
     /// Like `Reader::recv`: releases the frame the reader holds, then takes the next one.
@@ -205,7 +207,10 @@ impl Sim {
                     self.release(i);
                     let r = self.readers.remove(i);
                     assert!(self.s.release_peer(r.idx, r.pid, r.generation));
-                    assert_eq!(peer_status(self.s.peer(r.idx).state.load(Relaxed)), ps::FREE);
+                    assert_eq!(
+                        peer_status(self.s.peer(r.idx).state.load(Relaxed)),
+                        ps::FREE
+                    );
                 }
             }
             Op::KillReader(k) => {
@@ -293,7 +298,11 @@ impl Sim {
         }
         if self.queue() {
             assert_eq!(c.lost.load(Relaxed), self.lost.len() as u64, "lost counter");
-            assert_eq!(c.abandoned.load(Relaxed), self.abandoned, "abandoned counter");
+            assert_eq!(
+                c.abandoned.load(Relaxed),
+                self.abandoned,
+                "abandoned counter"
+            );
             assert_eq!(c.write_seq.v.load(Relaxed), self.wpos, "enqueue position");
             assert_eq!(c.read_seq.v.load(Relaxed), self.rpos, "dequeue position");
         } else {
@@ -314,7 +323,10 @@ impl Sim {
         self.s.attach_reader_with(idx, pid, generation, lossy);
         let cursor = self.s.peer(idx).cursor.load(Relaxed);
         if !self.queue() {
-            assert_eq!(cursor, self.committed_frames, "a reader starts at the next frame");
+            assert_eq!(
+                cursor, self.committed_frames,
+                "a reader starts at the next frame"
+            );
         }
         self.readers.push(ReaderM {
             idx,
@@ -375,9 +387,15 @@ impl Sim {
             Err(Blocked::Exhausted) => panic!("sequence space exhausted"),
             Ok(g) => g,
         };
-        assert!(!expected_full, "writer granted frame {} into a busy slot", g.seq);
         assert!(
-            self.readers.iter().all(|r| r.held.is_none_or(|h| h.slot != g.slot)),
+            !expected_full,
+            "writer granted frame {} into a busy slot",
+            g.seq
+        );
+        assert!(
+            self.readers
+                .iter()
+                .all(|r| r.held.is_none_or(|h| h.slot != g.slot)),
             "writer granted slot {} that a reader holds",
             g.slot
         );
@@ -402,7 +420,6 @@ impl Sim {
 
     /// Whether a broadcast writer must be refused now.
     fn bcast_expect_full(&self) -> bool {
-        let s = self.committed_frames;
         let held = |slot: usize| -> bool {
             let Content::Full(seq) = self.slots[slot] else {
                 return false;
@@ -457,7 +474,11 @@ impl Sim {
             return;
         };
         let idx = self.writers[i].idx;
-        assert_eq!(payload(&self.s, g.slot), g.seq, "our own slot was overwritten");
+        assert_eq!(
+            payload(&self.s, g.slot),
+            g.seq,
+            "our own slot was overwritten"
+        );
         if self.queue() {
             assert!(self.s.q_commit(idx, g));
             assert_eq!(self.q.insert(g.seq, Q::Full), Some(Q::Writing(idx)));
@@ -494,8 +515,16 @@ impl Sim {
             let got = self.s.q_try_acquire(idx);
             assert_eq!(got, expected, "queue acquire");
             if let Some(g) = got {
-                assert_eq!(payload(&self.s, g.slot), g.seq, "queue frame {} torn", g.seq);
-                assert!(self.committed.contains(&g.seq), "uncommitted frame delivered");
+                assert_eq!(
+                    payload(&self.s, g.slot),
+                    g.seq,
+                    "queue frame {} torn",
+                    g.seq
+                );
+                assert!(
+                    self.committed.contains(&g.seq),
+                    "uncommitted frame delivered"
+                );
                 assert!(self.handed.insert(g.seq), "frame {} delivered twice", g.seq);
                 self.readers[i].held = Some(g);
             }
@@ -629,7 +658,10 @@ impl Sim {
             let r = &self.readers[i];
             let lossless = self.mode == Mode::Broadcast(Backpressure::Block) && !r.lossy;
             if lossless {
-                assert_eq!(r.cursor, self.committed_frames, "lossless reader left frames");
+                assert_eq!(
+                    r.cursor, self.committed_frames,
+                    "lossless reader left frames"
+                );
             }
             assert_eq!(self.bcast_expect_acquire(i), None, "a frame is left unread");
         }
@@ -708,8 +740,7 @@ fn attaching_peer_is_not_reclaimed_with_the_previous_start_time() {
     // Process 20 (started at tick 222) wins the claim CAS; its start-time store is not
     // visible yet.
     let e = s.peer(i);
-    e.state
-        .store(peer_state(20, g + 1, ps::CLAIMING), Relaxed);
+    e.state.store(peer_state(20, g + 1, ps::CLAIMING), Relaxed);
     assert_eq!(e.start_time.load(Relaxed), 111);
     // A liveness scan elsewhere, with the real rule (same pid and same start time).
     let mut alive = |pid: u32, start: u64| pid == 20 && (start == 0 || start == 222);

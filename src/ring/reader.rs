@@ -72,8 +72,12 @@ impl<T: Element, D: Dimension> Reader<T, D> {
                 }
             }
         };
-        ring.shared()
-            .attach_reader_with(index, pid, generation, lossy);
+        if !ring
+            .shared()
+            .attach_reader_with(index, pid, generation, lossy)
+        {
+            return Err(AttachError::Reclaimed);
+        }
         let waiter = Waiter::new(ring.shared(), index, Role::Reader, pid);
         Ok(Reader {
             ring,

@@ -223,26 +223,98 @@ unsafe impl Send for Shared {}
 // SAFETY: as for Send.
 unsafe impl Sync for Shared {}
 
+fn z64() -> AtomicU64 {
+    AtomicU64::new(0)
+}
+
+fn z32() -> AtomicU32 {
+    AtomicU32::new(0)
+}
+
+// The heap backend builds every atomic with `new(0)` (not `mem::zeroed`): under loom an atomic
+// is an object registered with the model checker, which a zeroed value is not.
+
 fn new_header() -> Header {
-    // SAFETY: Header is repr(C) made only of atomics, for which all-zero bytes are valid.
-    unsafe { std::mem::zeroed() }
+    Header {
+        magic: z64(),
+        ready: z32(),
+        header_size: z32(),
+        layout_hash: z64(),
+        total_size: z64(),
+        dtype: z32(),
+        elem_size: z32(),
+        ndim: z32(),
+        mode: z32(),
+        max_shape: std::array::from_fn(|_| z64()),
+        slot_count: z32(),
+        max_readers: z32(),
+        max_writers: z32(),
+        flags: z32(),
+        slot_bytes: z64(),
+        slot_stride: z64(),
+        peers_offset: z64(),
+        peer_stride: z64(),
+        meta_offset: z64(),
+        meta_stride: z64(),
+        payload_offset: z64(),
+        creator_pid: z32(),
+        _pad0: z32(),
+        creator_start_time: z64(),
+        created_unix_ns: z64(),
+        doorbell_token: z64(),
+        _reserved: std::array::from_fn(|_| z64()),
+    }
+}
+
+fn zero_control() -> Control {
+    let line = || Line { v: z64() };
+    Control {
+        write_seq: line(),
+        read_seq: line(),
+        reader_waiters: z64(),
+        writer_waiters: z64(),
+        writer_attaches: z64(),
+        reader_attaches: z64(),
+        lost: z64(),
+        abandoned: z64(),
+        wake_hint: z64(),
+        _reserved: std::array::from_fn(|_| z64()),
+    }
+}
+
+fn zero_peer() -> PeerEntry {
+    PeerEntry {
+        state: z64(),
+        start_time: z64(),
+        cursor: z64(),
+        pin: z64(),
+        flags: z32(),
+        _pad: z32(),
+        missed: z64(),
+        frames: z64(),
+        _reserved0: z64(),
+        sem: UnsafeCell::new([0; 4]),
+        _reserved1: std::array::from_fn(|_| z64()),
+    }
+}
+
+fn zero_meta() -> SlotMeta {
+    SlotMeta {
+        stamp: z64(),
+        len: z64(),
+        ndim: z32(),
+        flags: z32(),
+        shape: std::array::from_fn(|_| z64()),
+        timestamp_ns: z64(),
+        tag: z64(),
+        locator: z64(),
+        _reserved: std::array::from_fn(|_| z64()),
+    }
 }
 
 impl Shared {
     /// A process-local ring on the heap, zero-initialised (all slots EMPTY, all peers FREE).
     pub(crate) fn heap(layout: Layout) -> Shared {
-        let zero_control = || -> Control {
-            // SAFETY: repr(C) atomics only: all-zero is valid.
-            unsafe { std::mem::zeroed() }
-        };
-        let zero_peer = || -> PeerEntry {
-            // SAFETY: repr(C) atomics and a byte array: all-zero is valid.
-            unsafe { std::mem::zeroed() }
-        };
-        let zero_meta = || -> SlotMeta {
-            // SAFETY: repr(C) atomics only: all-zero is valid.
-            unsafe { std::mem::zeroed() }
-        };
         let header = Box::into_raw(Box::new(new_header()));
         let control = Box::into_raw(Box::new(zero_control()));
         let peers: Box<[PeerEntry]> = (0..layout.max_peers()).map(|_| zero_peer()).collect();
