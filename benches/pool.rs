@@ -259,7 +259,9 @@ impl Frames {
             .expect("create input ring");
         let out_ring = Ring::<u8>::create(&output)
             .shape([TH, TW])
-            .slots(2 * workers as u32 + 1)
+            // Not the documented 2 × workers + 1: see `out_slots` in examples/frames_pool.rs
+            // (with fewer slots an ordered imap can deadlock).
+            .slots(4 * workers as u32 + 1)
             .mode(Mode::Queue)
             .max_readers(1)
             .max_writers(workers as u32 + 2)

@@ -168,9 +168,10 @@ where
     ///
     /// `worker_exit` hooks are not run for frame pools. Each task waits at most 10 s for its
     /// frame (see [`FrameError::Timeout`]). Unless [`chunk_size`](PoolBuilder::chunk_size) is
-    /// set, tasks go one per chunk, so a worker never holds more than two output slots whose
-    /// values the parent has not seen: give the output ring at least `2 × workers + 1` slots
-    /// and drain it while iterating over the results (`imap`), or the workers wait for space.
+    /// set, tasks go one per chunk. With an output ring, at most `slots - 1` tasks (of the
+    /// output ring) are in flight at once (see [`PoolBuilder::max_in_flight`]): every task's
+    /// output fits even while the caller waits for an earlier one, so an ordered `imap` that
+    /// drains the output ring between results never deadlocks. The caller must drain it.
     ///
     /// # Errors
     ///
@@ -201,11 +202,21 @@ where
             init: self.init_fn(),
             f: Box::new(f),
         };
-        let b = if self.has_chunk_size() {
+        let mut b = if self.has_chunk_size() {
             self
         } else {
             self.chunk_size(1)
         };
+        if let Some(o) = output {
+            // Every task in flight may hold an output slot the caller has not drained yet.
+            let slots = Ring::<U>::open(o)
+                .map_err(|e| PoolError::Io(std::io::Error::other(e.to_string())))?
+                .info()
+                .slots;
+            let cap = u64::from(slots.saturating_sub(1).max(1));
+            let limit = b.max_in_flight_or(cap).min(cap);
+            b = b.max_in_flight(limit);
+        }
         b.build_with(task)
     }
 }

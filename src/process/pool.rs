@@ -405,6 +405,7 @@ struct Inner<T: Task> {
     lifespan: Option<u64>,
     chunk_size: Option<usize>,
     progress: bool,
+    max_in_flight: Option<u64>,
     error: Option<PoolError>,
 }
 
@@ -462,7 +463,9 @@ impl<T: Task> Inner<T> {
     }
 
     fn outstanding_limit(&self, job: &Job<T>) -> u64 {
-        (self.slots.len() * (PREFETCH + 2) * job.chunk) as u64
+        let natural = (self.slots.len() * (PREFETCH + 2) * job.chunk) as u64;
+        self.max_in_flight
+            .map_or(natural, |m| natural.min(m.max(1)))
     }
 
     /// Makes the next chunk from the jobs' inputs (oldest job first), up to `cap` tasks.
@@ -937,6 +940,7 @@ pub struct PoolBuilder<S, E> {
     lifespan: Option<u64>,
     timeout: Option<Duration>,
     chunk_size: Option<usize>,
+    max_in_flight: Option<u64>,
     progress: bool,
     name: String,
     allow_threads: bool,
@@ -979,6 +983,7 @@ impl WorkerPool<NoTask> {
             lifespan: None,
             timeout: None,
             chunk_size: None,
+            max_in_flight: None,
             progress: false,
             name: "shmflow-w".into(),
             allow_threads: false,
@@ -1037,6 +1042,13 @@ where
         self
     }
 
+    /// At most this many tasks of one map may be sent but not yet handed back to the caller
+    /// (default: four chunks per worker). Inputs are pulled lazily within this bound.
+    pub fn max_in_flight(mut self, n: u64) -> Self {
+        self.max_in_flight = Some(n.max(1));
+        self
+    }
+
     /// Show a progress bar on stderr for maps of known length (hidden when stderr is not a
     /// terminal).
     pub fn progress_bar(mut self, on: bool) -> Self {
@@ -1065,6 +1077,7 @@ where
             lifespan: self.lifespan,
             timeout: self.timeout,
             chunk_size: self.chunk_size,
+            max_in_flight: self.max_in_flight,
             progress: self.progress,
             name: self.name,
             allow_threads: self.allow_threads,
@@ -1088,6 +1101,7 @@ where
             lifespan: self.lifespan,
             timeout: self.timeout,
             chunk_size: self.chunk_size,
+            max_in_flight: self.max_in_flight,
             progress: self.progress,
             name: self.name,
             allow_threads: self.allow_threads,
@@ -1185,10 +1199,15 @@ where
                 lifespan: self.lifespan,
                 chunk_size: self.chunk_size,
                 progress: self.progress,
+                max_in_flight: self.max_in_flight,
                 error: None,
             })),
             keep_alive: self.keep_alive,
         })
+    }
+
+    pub(crate) fn max_in_flight_or(&self, default: u64) -> u64 {
+        self.max_in_flight.unwrap_or(default)
     }
 
     pub(crate) fn has_chunk_size(&self) -> bool {
