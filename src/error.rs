@@ -362,11 +362,11 @@ pub enum SpawnError {
         threads: usize,
     },
     /// A CPU id given for pinning does not exist or is not allowed for this process.
-    #[error("cannot pin to CPU(s) {cpus:?}: this process may only use {allowed:?}")]
+    #[error("cannot pin to CPU(s) {cpus:?}: the online CPUs are {allowed:?}")]
     BadCpus {
         /// The CPUs asked for.
         cpus: Vec<usize>,
-        /// The CPUs this process may use.
+        /// The CPUs that are online.
         allowed: Vec<usize>,
     },
     /// The re-executed child could not start its entry point.

@@ -264,7 +264,7 @@ impl ProcessBuilder {
 
     fn check_cpus(&self) -> Result<(), SpawnError> {
         if let Some(cpus) = &self.cpus {
-            let allowed = sysp::affinity().map_err(SpawnError::Io)?;
+            let allowed = sysp::online_cpus().map_err(SpawnError::Io)?;
             if cpus.is_empty() || cpus.iter().any(|c| !allowed.contains(c)) {
                 return Err(SpawnError::BadCpus {
                     cpus: cpus.clone(),

@@ -126,6 +126,24 @@ pub(crate) fn affinity() -> io::Result<Vec<usize>> {
         .collect())
 }
 
+/// The CPUs that are online (`/sys/devices/system/cpu/online`, e.g. `0-3,6`); falls back to
+/// this thread's affinity when that file cannot be read. A child may be pinned to any of them,
+/// even outside the parent's own affinity (unless a cpuset forbids it).
+pub(crate) fn online_cpus() -> io::Result<Vec<usize>> {
+    let Ok(text) = std::fs::read_to_string("/sys/devices/system/cpu/online") else {
+        return affinity();
+    };
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+            (Ok(a), Ok(b)) if a <= b => cpus.extend(a..=b),
+            _ => return affinity(),
+        }
+    }
+    Ok(cpus)
+}
+
 /// `pidfd_open(2)`: an fd that becomes readable when the process exits.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: the pidfd_open syscall takes a pid and flags; the result is a new fd we own.
