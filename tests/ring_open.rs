@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The layout version this shmflow writes (docs/PROTOCOL.md).
@@ -19,69 +17,6 @@ use shmflow::{
 };
 
 // ------------------------------------------------------------------------------------ helpers
-
-fn shm_path(name: &str) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/shmflow.{name}"))
-}
-
-fn sleep_forever() -> ! {
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// A pipe carrying one-byte signals from children to the parent.
-struct Pipe {
-    r: OwnedFd,
-    w: OwnedFd,
-}
-
-impl Pipe {
-    fn new() -> Pipe {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a writable array of two c_ints, as pipe2 requires.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
-        // SAFETY: pipe2 succeeded: both fds are open and owned by nothing else.
-        unsafe {
-            Pipe {
-                r: OwnedFd::from_raw_fd(fds[0]),
-                w: OwnedFd::from_raw_fd(fds[1]),
-            }
-        }
-    }
-
-    fn send(&self, b: u8) {
-        // SAFETY: writes one byte from a live stack variable to an open fd.
-        let n = unsafe { libc::write(self.w.as_raw_fd(), (&b as *const u8).cast(), 1) };
-        assert_eq!(n, 1, "pipe write: {}", std::io::Error::last_os_error());
-    }
-
-    /// Asserts that the next byte is `want`, within 20 s.
-    fn expect(&self, want: u8) {
-        let mut p = libc::pollfd {
-            fd: self.r.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, 20_000) };
-        assert_eq!(n, 1, "no signal from the child");
-        let mut b = 0u8;
-        // SAFETY: reads at most one byte into a live stack variable from an open fd.
-        let r = unsafe { libc::read(self.r.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
-        assert_eq!(r, 1);
-        assert_eq!(char::from(b), char::from(want), "child signal");
-    }
-}
-
-fn kill_and_reap(mut child: Child) {
-    child.kill(libc::SIGKILL);
-    assert_eq!(
-        child.wait_timeout(Duration::from_secs(10)),
-        Exit::Signal(libc::SIGKILL)
-    );
-}
 
 /// A small real ring (u8, [64, 64], 4 slots, block): its segment is 24 KiB.
 fn small_ring(name: &str) -> Ring<u8> {

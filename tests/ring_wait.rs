@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,56 +36,6 @@ const STRATEGIES: [WaitStrategy; 3] = [
 ];
 
 // ------------------------------------------------------------------------------------ helpers
-
-fn sleep_forever() -> ! {
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// A pipe carrying one-byte signals between a parent and its forked children.
-struct Pipe {
-    r: OwnedFd,
-    w: OwnedFd,
-}
-
-impl Pipe {
-    fn new() -> Pipe {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a writable array of two c_ints, as pipe2 requires.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
-        // SAFETY: pipe2 succeeded: both fds are open and owned by nothing else.
-        unsafe {
-            Pipe {
-                r: OwnedFd::from_raw_fd(fds[0]),
-                w: OwnedFd::from_raw_fd(fds[1]),
-            }
-        }
-    }
-
-    fn send(&self, b: u8) {
-        // SAFETY: writes one byte from a live stack variable to an open fd.
-        let n = unsafe { libc::write(self.w.as_raw_fd(), (&b as *const u8).cast(), 1) };
-        assert_eq!(n, 1, "pipe write: {}", std::io::Error::last_os_error());
-    }
-
-    /// The next byte, or `None` after `timeout`.
-    fn recv(&self, timeout: Duration) -> Option<u8> {
-        if !wait_readable(self.r.as_raw_fd(), timeout) {
-            return None;
-        }
-        let mut b = 0u8;
-        // SAFETY: reads at most one byte into a live stack variable from an open fd.
-        let r = unsafe { libc::read(self.r.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
-        (r == 1).then_some(b)
-    }
-
-    fn expect(&self, want: u8) {
-        let got = self.recv(Duration::from_secs(20));
-        assert_eq!(got.map(char::from), Some(char::from(want)), "child signal");
-    }
-}
 
 /// `poll` for POLLIN on one fd; true if readable within `timeout`.
 fn wait_readable(fd: libc::c_int, timeout: Duration) -> bool {

@@ -80,15 +80,21 @@ pub trait Task: 'static {
 type InitFn<S> = Arc<dyn Fn(&WorkerInfo) -> S + Send + Sync>;
 type ExitFn<S, E> = Arc<dyn Fn(&WorkerInfo, S) -> E + Send + Sync>;
 
-/// A [`Task`] made of closures (fork start method only).
-struct FnTask<I, O, S, E, F> {
+/// The [`Task`] of a pool built from closures (fork start method only).
+pub struct FnTaskOf<I, O, S, E, F> {
     init: InitFn<S>,
     exit: Option<ExitFn<S, E>>,
     call: F,
     _t: PhantomData<fn(I) -> O>,
 }
 
-impl<I, O, S, E, F> Task for FnTask<I, O, S, E, F>
+impl<I, O, S, E, F> std::fmt::Debug for FnTaskOf<I, O, S, E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnTaskOf")
+    }
+}
+
+impl<I, O, S, E, F> Task for FnTaskOf<I, O, S, E, F>
 where
     I: Serialize + DeserializeOwned + 'static,
     O: Serialize + DeserializeOwned + 'static,
@@ -1123,13 +1129,13 @@ where
         O: Serialize + DeserializeOwned + 'static,
         F: Fn(&mut S, &WorkerInfo, I) -> O + 'static,
     {
-        let task = FnTask {
+        let task = FnTaskOf {
             init: self.init.clone(),
             exit: self.exit.clone(),
             call: f,
             _t: PhantomData,
         };
-        self.build_task(FnTaskOf(task), false, |b, w| b.spawn(w))
+        self.build_task(task, false, |b, w| b.spawn(w))
     }
 
     fn build_task<T: Task>(
@@ -1239,38 +1245,6 @@ where
         self.build_task(task, true, |b, w| {
             b.start_method(StartMethod::Reexec).spawn_reexec(w)
         })
-    }
-}
-
-/// The [`Task`] type of a pool built from closures.
-pub struct FnTaskOf<I, O, S, E, F>(FnTask<I, O, S, E, F>);
-
-impl<I, O, S, E, F> std::fmt::Debug for FnTaskOf<I, O, S, E, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FnTaskOf")
-    }
-}
-
-impl<I, O, S, E, F> Task for FnTaskOf<I, O, S, E, F>
-where
-    I: Serialize + DeserializeOwned + 'static,
-    O: Serialize + DeserializeOwned + 'static,
-    S: 'static,
-    E: Serialize + DeserializeOwned + Default + 'static,
-    F: Fn(&mut S, &WorkerInfo, I) -> O + 'static,
-{
-    type Input = I;
-    type Output = O;
-    type State = S;
-    type ExitValue = E;
-    fn init(&self, w: &WorkerInfo) -> S {
-        self.0.init(w)
-    }
-    fn call(&self, s: &mut S, w: &WorkerInfo, i: I) -> O {
-        self.0.call(s, w, i)
-    }
-    fn exit(&self, s: S, w: &WorkerInfo) -> E {
-        self.0.exit(s, w)
     }
 }
 

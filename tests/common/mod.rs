@@ -2,6 +2,8 @@
 //! forked children and re-executed children (the test binary run again in a role).
 #![allow(dead_code)]
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -146,4 +148,95 @@ pub fn fill(seq: u64, bytes: &mut [u8]) {
 /// Checks a byte frame against [`pattern`].
 pub fn check(seq: u64, bytes: &[u8]) -> bool {
     bytes.iter().enumerate().all(|(i, b)| *b == pattern(seq, i))
+}
+
+// ------------------------------------------------------------------ helpers for crash tests
+
+/// The file behind a ring name.
+pub fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/shmflow.{name}"))
+}
+
+pub fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A pipe carrying one-byte signals from children to the parent (or back).
+pub struct Pipe {
+    pub r: OwnedFd,
+    pub w: OwnedFd,
+}
+
+impl Pipe {
+    pub fn new() -> Pipe {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a writable array of two c_ints, as pipe2 requires.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+        // SAFETY: pipe2 succeeded: both fds are open and owned by nothing else.
+        unsafe {
+            Pipe {
+                r: OwnedFd::from_raw_fd(fds[0]),
+                w: OwnedFd::from_raw_fd(fds[1]),
+            }
+        }
+    }
+
+    pub fn send(&self, b: u8) {
+        // SAFETY: writes one byte from a live stack variable to an open fd.
+        let n = unsafe { libc::write(self.w.as_raw_fd(), (&b as *const u8).cast(), 1) };
+        assert_eq!(n, 1, "pipe write: {}", std::io::Error::last_os_error());
+    }
+
+    /// The next byte, or `None` after `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut p = libc::pollfd {
+                fd: self.r.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, left.as_millis() as libc::c_int) };
+            if n == 0 {
+                return None;
+            }
+            if n < 0 {
+                assert_eq!(
+                    std::io::Error::last_os_error().kind(),
+                    std::io::ErrorKind::Interrupted
+                );
+                continue;
+            }
+            let mut b = 0u8;
+            // SAFETY: reads at most one byte into a live stack variable from an open fd.
+            let r = unsafe { libc::read(self.r.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
+            if r == 1 {
+                return Some(b);
+            }
+        }
+    }
+
+    /// Asserts that the next byte is `want`, within 20 s.
+    pub fn expect(&self, want: u8) {
+        let got = self.recv(Duration::from_secs(20));
+        assert_eq!(
+            got.map(char::from),
+            Some(char::from(want)),
+            "child signal (X = the child saw something wrong)"
+        );
+    }
+}
+
+/// Kills a forked child with SIGKILL and reaps it.
+pub fn kill_and_reap(mut child: Child) {
+    child.kill(libc::SIGKILL);
+    assert_eq!(
+        child.wait_timeout(Duration::from_secs(10)),
+        Exit::Signal(libc::SIGKILL)
+    );
 }
