@@ -148,15 +148,19 @@ fn ring_cycle(prefix: &str, i: usize) {
     let mut slot = w.try_reserve().expect("reserve");
     slot.as_mut_slice().fill(i as u32);
     slot.commit();
-    let f = r1.recv_timeout(Duration::from_secs(5)).expect("reader 1 gets the frame");
+    let f = r1
+        .recv_timeout(Duration::from_secs(5))
+        .expect("reader 1 gets the frame");
     assert!(f.as_slice().iter().all(|&v| v == i as u32));
     if let Some(r2) = r2.as_mut() {
-        let f = r2.recv_timeout(Duration::from_secs(5)).expect("reader 2 gets the frame");
+        let f = r2
+            .recv_timeout(Duration::from_secs(5))
+            .expect("reader 2 gets the frame");
         assert_eq!(f.as_slice()[0], i as u32);
     }
 
     // Now and then a forked peer attaches, reads a frame and detaches in another process.
-    if i % 250 == 0 {
+    if i.is_multiple_of(250) {
         drop(r2.take());
         let attached = Pipe::new();
         let child_name = name.clone();
@@ -208,7 +212,11 @@ fn ring_cycles_leave_nothing() {
     let took = t.elapsed();
     let after = holdings(&prefix);
     assert_eq!(after, before, "after {cycles} ring cycles");
-    assert!(after.segments.is_empty(), "segments left: {:?}", after.segments);
+    assert!(
+        after.segments.is_empty(),
+        "segments left: {:?}",
+        after.segments
+    );
     println!(
         "  {cycles} ring cycles in {took:.2?} ({:.0} us each): {} fds, {} mappings, {} threads \
          before and after",
@@ -224,7 +232,11 @@ fn pool_cycles_leave_nothing() {
     let pid = std::process::id();
     let prefix = format!("-{pid}-");
     let before = holdings(&prefix);
-    assert!(before.children.is_empty(), "children before: {:?}", before.children);
+    assert!(
+        before.children.is_empty(),
+        "children before: {:?}",
+        before.children
+    );
     let t = Instant::now();
     for i in 0..cycles {
         if i % 10 == 9 {
