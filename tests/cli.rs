@@ -845,6 +845,50 @@ fn bench_quick_runs_end_to_end_and_reports_every_figure() {
 }
 
 #[test]
+fn soak_checks_its_ledger_and_leaves_nothing_behind() {
+    // Six seconds of frames through the three rings with readers attaching and detaching.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shmflow"))
+        .args(["bench", "--soak", "0.1", "--frame-bytes", "8192", "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shmflow bench --soak");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for the soak");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "soak failed: {stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("soak --json is JSON");
+    let soak = &doc["soak"];
+    assert_eq!(soak["problems"], serde_json::json!([]));
+    assert_eq!(soak["frame_bytes"], 8192);
+    let rings = soak["rings"].as_array().expect("rings");
+    let names: Vec<&str> = rings.iter().filter_map(|r| r["ring"].as_str()).collect();
+    assert_eq!(names, ["block", "drop_oldest", "queue"]);
+    for r in rings {
+        let written = r["written"].as_u64().expect("written");
+        assert!(written > 0, "{r}");
+        assert!(r["churn_attaches"].as_u64() > Some(0), "{r}");
+        for s in r["steady"].as_array().expect("steady readers") {
+            assert_eq!(s["bad"], 0);
+            assert_eq!(s["disconnected"], true);
+        }
+        if r["ring"] == "block" {
+            assert_eq!(r["steady"][0]["frames"].as_u64(), Some(written));
+        }
+    }
+    assert!(
+        soak["rss"].as_array().is_some_and(|v| v.len() == 9),
+        "parent, 3 writers, 5 steady readers"
+    );
+    let left: Vec<String> = leftovers(&format!("-{pid}-"))
+        .into_iter()
+        .filter(|n| n.starts_with("shmflow.bench-"))
+        .collect();
+    assert!(left.is_empty(), "segments left: {left:?}");
+}
+
+#[test]
 fn demo_runs_end_to_end_and_leaves_nothing_behind() {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_shmflow"))
         .args(["demo", "--frames", "50", "--workers", "2"])

@@ -20,6 +20,9 @@
 //! to it says how much of the machine's memory bandwidth the protocol leaves on the table.
 //! Each figure is measured `runs` times and reported as median, min and max.
 
+mod soak;
+pub use soak::{soak, ReaderLedger, RingLedger, RssLedger, SoakOpts, SoakReport};
+
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
