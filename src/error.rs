@@ -34,6 +34,15 @@ pub enum CreateError {
         /// The ring name.
         name: String,
     },
+    /// [`RingBuilder::group`](crate::RingBuilder::group) named a group this process may not
+    /// give files to (it must be root or a member). Nothing was left behind.
+    #[error("ring {name:?} cannot be given to group {gid}: this process is neither root nor a member of it")]
+    GroupDenied {
+        /// The ring name.
+        name: String,
+        /// The group requested.
+        gid: u32,
+    },
     /// `/dev/shm` has not enough free memory for the segment (it is a tmpfs; containers often
     /// limit it to 64 MiB: `docker run --shm-size`).
     #[error("not enough space in /dev/shm for ring {name:?} ({bytes} bytes needed)")]

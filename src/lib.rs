@@ -121,3 +121,5 @@ pub use ring::{
     DEFAULT_MAX_WRITERS, DEFAULT_PERMISSIONS, DEFAULT_SLOTS,
 };
 pub use ring::{Backpressure, Mode, MAX_DIMS, MAX_PEERS, MAX_SLOTS};
+#[cfg(not(loom))]
+pub use sys::group_id;

@@ -660,10 +660,16 @@ fn segments_are_0600_unless_asked_otherwise() {
 /// Runs `f` in a child that dropped root for nobody (uid and gid 65534, no groups); returns
 /// its exit code (2 if it could not change user).
 fn as_nobody(f: impl FnOnce() -> i32) -> Exit {
+    as_nobody_in(&[], f)
+}
+
+/// [`as_nobody`] with supplementary `groups`.
+fn as_nobody_in(groups: &[libc::gid_t], f: impl FnOnce() -> i32) -> Exit {
     let mut child = fork_child(|| {
-        // SAFETY: plain credential syscalls in a single-threaded forked child.
+        // SAFETY: plain credential syscalls in a single-threaded forked child; `groups` is a
+        // valid slice of its length.
         let ok = unsafe {
-            libc::setgroups(0, std::ptr::null()) == 0
+            libc::setgroups(groups.len(), groups.as_ptr()) == 0
                 && libc::setgid(65534) == 0
                 && libc::setuid(65534) == 0
         };
@@ -716,6 +722,63 @@ fn another_user_is_denied_a_0600_ring() {
         other => {
             eprintln!("open 0666 as nobody: {other:?}");
             3
+        }
+    });
+    assert_eq!(code, Exit::Code(0));
+}
+
+#[test]
+fn group_members_share_a_0660_ring_others_are_denied() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to switch to another user");
+        return;
+    }
+    const GROUP: u32 = 4242;
+    let name = unique_name("open-group");
+    let _g = RingGuard(name.clone());
+    let _ring = Ring::<u8>::create(&name)
+        .shape([4])
+        .permissions(0o660)
+        .group(GROUP)
+        .build()
+        .unwrap();
+    let meta = std::fs::metadata(shm_path(&name)).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), GROUP);
+    assert_eq!(mode_of(&name), 0o660);
+    // A member of the group (not the owner) opens the ring and attaches both ends.
+    let member = as_nobody_in(&[GROUP], || match Ring::<u8>::open(&name) {
+        Ok(r) if r.reader().is_ok() && r.writer().is_ok() => 0,
+        other => {
+            eprintln!("open 0660 as a group member: {other:?}");
+            3
+        }
+    });
+    assert_eq!(member, Exit::Code(0));
+    // Someone outside the group is denied.
+    let outsider = as_nobody(|| match Ring::<u8>::open(&name) {
+        Err(OpenError::PermissionDenied { .. }) => 0,
+        other => {
+            eprintln!("open 0660 as an outsider: {other:?}");
+            3
+        }
+    });
+    assert_eq!(outsider, Exit::Code(0));
+    // A creator that is not in the group may not give the ring to it, and leaves nothing.
+    let refused = unique_name("open-group");
+    let _g2 = RingGuard(refused.clone());
+    let code = as_nobody(|| {
+        match Ring::<u8>::create(&refused)
+            .shape([4])
+            .permissions(0o660)
+            .group(GROUP)
+            .build()
+        {
+            Err(CreateError::GroupDenied { gid: GROUP, .. }) if !shm_path(&refused).exists() => 0,
+            other => {
+                eprintln!("create for a foreign group: {:?}", other.map(|_| ()));
+                3
+            }
         }
     });
     assert_eq!(code, Exit::Code(0));

@@ -164,6 +164,18 @@ pub fn parse_octal(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("bad permissions {s:?}: expected an octal mode such as 600 or 660"))
 }
 
+/// Parses a group: a number, or a name from the group database.
+pub fn parse_group(s: &str) -> Result<u32, String> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    match shmflow::group_id(s) {
+        Ok(Some(gid)) => Ok(gid),
+        Ok(None) => Err(format!("no group named {s:?}")),
+        Err(e) => Err(format!("cannot look up group {s:?}: {e}")),
+    }
+}
+
 // ---------------------------------------------------------------- dispatch on the dtype
 
 /// Runs `$body` with the type alias `$t` set to the element type of `$dtype`.

@@ -14,8 +14,8 @@ use shmflow::{
 
 use super::common::{
     classify, fail, fmt_shape, human_bytes, inspect_ring, into_ring, output_error, parse_dtype,
-    parse_mode, parse_octal, parse_rate, parse_seconds, parse_shape, stderr_is_tty, with_dtype,
-    CliResult, Failure, Out, Segment, Shape, EXIT_TIMEOUT,
+    parse_group, parse_mode, parse_octal, parse_rate, parse_seconds, parse_shape, stderr_is_tty,
+    with_dtype, CliResult, Failure, Out, Segment, Shape, EXIT_TIMEOUT,
 };
 
 // ---------------------------------------------------------------- pub
@@ -87,6 +87,11 @@ pub struct PubArgs {
     #[arg(long, value_name = "MODE", value_parser = parse_octal)]
     permissions: Option<u32>,
 
+    /// Group of the segment, a name or a number (with --permissions 660 its members may
+    /// read and write the ring) [default: this user's group]
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    group: Option<u32>,
+
     /// Do not remove the ring when pub exits (`shmflow rm` or `shmflow gc` removes it later)
     #[arg(long)]
     keep: bool,
@@ -95,7 +100,7 @@ pub struct PubArgs {
     /// must match it; the ring is not removed at exit)
     #[arg(
         long,
-        conflicts_with_all = ["slots", "mode", "max_readers", "max_writers", "permissions", "keep"]
+        conflicts_with_all = ["slots", "mode", "max_readers", "max_writers", "permissions", "group", "keep"]
     )]
     attach: bool,
 }
@@ -131,6 +136,9 @@ pub fn run_pub(a: PubArgs) -> CliResult {
         }
         if let Some(p) = a.permissions {
             b = b.permissions(p);
+        }
+        if let Some(g) = a.group {
+            b = b.group(g);
         }
         let ring = b.build().map_err(fail)?;
         if a.keep {

@@ -55,6 +55,7 @@ pub struct RingBuilder<T: Element, D: Dimension = IxDyn> {
     max_readers: u32,
     max_writers: Option<u32>,
     permissions: u32,
+    group: Option<u32>,
     _t: PhantomData<fn() -> (T, D)>,
 }
 
@@ -90,9 +91,21 @@ impl<T: Element, D: Dimension> RingBuilder<T, D> {
         self
     }
 
-    /// File mode of the segment (default `0o600`; `0o660` shares it with the group).
+    /// File mode of the segment (default `0o600`: only this user may open it). `0o660`
+    /// shares the ring with the segment's group: this process's group, or the one set with
+    /// [`RingBuilder::group`].
     pub fn permissions(mut self, mode: u32) -> Self {
         self.permissions = mode & 0o777;
+        self
+    }
+
+    /// The segment's group (default: this process's effective group). With
+    /// `.permissions(0o660)`, members of the group may open the ring and attach readers and
+    /// writers; other users may not. The creator must be root or a member of the group
+    /// (otherwise [`build`](RingBuilder::build) fails with [`CreateError::GroupDenied`]).
+    /// Look a group name up with [`group_id`](crate::group_id).
+    pub fn group(mut self, gid: u32) -> Self {
+        self.group = Some(gid);
         self
     }
 
@@ -165,6 +178,21 @@ impl<T: Element, D: Dimension> RingBuilder<T, D> {
         })?;
         shared.header().ready.store(LAYOUT_VERSION, Release);
         let seg = shared.segment().expect("segment-backed ring");
+        if let Some(gid) = self.group {
+            seg.set_group(gid).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::PermissionDenied {
+                    CreateError::GroupDenied {
+                        name: name.clone(),
+                        gid,
+                    }
+                } else {
+                    CreateError::Io {
+                        name: name.clone(),
+                        source,
+                    }
+                }
+            })?;
+        }
         seg.publish(self.permissions)
             .map_err(|source| CreateError::Io {
                 name: name.clone(),
@@ -350,6 +378,7 @@ impl<T: Element, D: Dimension> Ring<T, D> {
             max_readers: DEFAULT_MAX_READERS,
             max_writers: None,
             permissions: DEFAULT_PERMISSIONS,
+            group: None,
             _t: PhantomData,
         }
     }

@@ -287,6 +287,15 @@ impl Segment {
         sys::fchmod(self.fd.as_fd(), mode)
     }
 
+    /// Gives the segment to group `gid` (before [`Segment::publish`] opens it to the group).
+    ///
+    /// # Errors
+    ///
+    /// Any `fchown` error (`EPERM` if this process is not root and not in the group).
+    pub(crate) fn set_group(&self, gid: u32) -> io::Result<()> {
+        sys::fchown_group(self.fd.as_fd(), gid)
+    }
+
     /// Opens the existing segment of ring `name` read-write and maps all of
     /// it. The result does not own the name.
     ///

@@ -156,6 +156,47 @@ pub(crate) fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     syscall!(fchmod(fd.as_raw_fd(), mode as libc::mode_t)).map(drop)
 }
 
+/// Changes the group of an open file (the owner stays).
+pub(crate) fn fchown_group(fd: BorrowedFd<'_>, gid: u32) -> io::Result<()> {
+    // SAFETY: `fd` is a valid open descriptor borrowed for the whole call; uid -1 keeps the
+    // owner.
+    syscall!(fchown(
+        fd.as_raw_fd(),
+        u32::MAX as libc::uid_t,
+        gid as libc::gid_t
+    ))
+    .map(drop)
+}
+
+/// The gid of a group name, from the system's group database (`getgrnam_r`).
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name with NUL"))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: an all-zero `struct group` is a valid out-parameter (pointers null).
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: all pointers are valid for the call: the C string, the group struct, the
+        // buffer with its length, and the result pointer.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        match rc {
+            0 if result.is_null() => return Ok(None),
+            0 => return Ok(Some(grp.gr_gid)),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
 /// The parts of `struct stat` shmflow looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileStat {
