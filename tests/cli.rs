@@ -845,6 +845,68 @@ fn bench_quick_runs_end_to_end_and_reports_every_figure() {
 }
 
 #[test]
+fn ctrl_c_ends_pub_cleanly_waiting_for_input_or_for_a_slot() {
+    // Waiting for input: stdin stays open and silent.
+    let name = unique_name("cli-ctrlc");
+    let mut sub = spawn(&["sub", &name, "--wait", "--md5", "--timeout", "30"]);
+    let mut publisher = spawn(&["pub", &name, "--shape", "16", "--slots", "2"]);
+    wait_for_readers(&name, 1);
+    publisher
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(&frames(3, 16))
+        .unwrap();
+    wait_until("3 frames published", || {
+        shmflow::inspect(&name).is_ok_and(|(_, s)| s.write_seq >= 3)
+    });
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(publisher.pid() as i32, libc::SIGINT) },
+        0
+    );
+    let out = publisher.finish();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(
+        out.stderr.contains("interrupted after publishing 3 frames"),
+        "{out:?}"
+    );
+    assert!(!exists(&name), "the ring is removed");
+    // The reader saw the writer detach after its 3 frames.
+    sub.close_stdin();
+    let out = sub.finish();
+    assert_ok(&out);
+    assert_eq!(out.stdout().lines().count(), 3, "{out:?}");
+
+    // Waiting for a slot: a reader that never reads holds the lossless ring full.
+    let name = unique_name("cli-ctrlc");
+    let mut publisher = spawn(&["pub", &name, "--shape", "16", "--slots", "2", "--keep"]);
+    wait_for_ring(&name);
+    let ring = shmflow::Ring::<u8>::open(&name).unwrap();
+    let _stalled = ring.reader().unwrap();
+    let feeder = publisher.feed(frames(10, 16));
+    wait_until("the ring is full", || {
+        shmflow::inspect(&name).is_ok_and(|(_, s)| s.write_seq >= 2)
+    });
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(publisher.pid() as i32, libc::SIGTERM) },
+        0
+    );
+    let out = publisher.finish();
+    feeder.join().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(
+        out.stderr.contains("interrupted after publishing 2 frames"),
+        "{out:?}"
+    );
+    assert!(exists(&name), "--keep keeps the ring");
+    drop(_stalled);
+    drop(ring);
+    shmflow::Ring::<u8>::remove(&name).unwrap();
+}
+
+#[test]
 fn soak_checks_its_ledger_and_leaves_nothing_behind() {
     // Six seconds of frames through the three rings with readers attaching and detaching.
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_shmflow"))

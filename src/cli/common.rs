@@ -23,6 +23,8 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code of `sub --timeout` when no frame arrived in time.
 pub const EXIT_TIMEOUT: i32 = 3;
+/// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Why a subcommand stopped. `main` prints `shmflow: <message>` (one line) and exits with
 /// `code`; `message: None` exits quietly (stdout closed by the reader of a pipe).

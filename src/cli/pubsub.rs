@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use md5::{Digest, Md5};
 use shmflow::{
-    DType, Element, Mode, OpenError, ReadSlot, Reader, RecvTimeoutError, Ring, RingInfo,
-    DEFAULT_MAX_READERS, DEFAULT_SLOTS,
+    DType, Element, Mode, OpenError, ReadSlot, Reader, RecvTimeoutError, ReserveTimeoutError, Ring,
+    RingInfo, DEFAULT_MAX_READERS, DEFAULT_SLOTS,
 };
 
 use super::common::{
     classify, fail, fmt_shape, human_bytes, inspect_ring, into_ring, output_error, parse_dtype,
     parse_group, parse_mode, parse_octal, parse_rate, parse_seconds, parse_shape, stderr_is_tty,
-    with_dtype, CliResult, Failure, Out, Segment, Shape, EXIT_TIMEOUT,
+    with_dtype, CliResult, Failure, Out, Segment, Shape, EXIT_INTERRUPTED, EXIT_TIMEOUT,
 };
 
 // ---------------------------------------------------------------- pub
@@ -189,18 +189,78 @@ impl Pacer {
     }
 }
 
-/// Reads into `buf` until it is full or input ends; returns the bytes read.
-fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match input.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Stdin, buffered, read so that Ctrl-C (or SIGTERM) is noticed while waiting for input:
+/// before each read from the descriptor it waits for input with `poll` in short steps and
+/// checks the interrupt flag.
+struct Input {
+    buf: io::BufReader<File>,
+    stop: &'static std::sync::atomic::AtomicBool,
+}
+
+/// Interrupted by a signal while waiting.
+struct Interrupted;
+
+impl Input {
+    fn new(stop: &'static std::sync::atomic::AtomicBool) -> io::Result<Input> {
+        // A duplicate of fd 0, so dropping the File leaves stdin open.
+        let fd = io::stdin().as_fd().try_clone_to_owned()?;
+        Ok(Input {
+            buf: io::BufReader::with_capacity(8192, File::from(fd)),
+            stop,
+        })
+    }
+
+    fn interrupted(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until reading the descriptor will not block (or input is buffered already).
+    fn wait(&self) -> Result<(), Interrupted> {
+        while self.buf.buffer().is_empty() {
+            if self.interrupted() {
+                return Err(Interrupted);
+            }
+            let fd: &dyn AsFd = self.buf.get_ref();
+            match shmflow::process::wait_any(&[fd], Some(Duration::from_millis(100))) {
+                Ok(ready) if ready.is_empty() => continue,
+                // Readable, end of input, or an error the read will report.
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// True if input ended (nothing more to read).
+    fn at_end(&mut self) -> Result<io::Result<bool>, Interrupted> {
+        loop {
+            self.wait()?;
+            let empty = self.buf.fill_buf().map(|b| b.is_empty());
+            match empty {
+                Ok(false) => return Ok(Ok(false)),
+                // Ctrl-C in a shell pipeline also ends the program feeding stdin: report
+                // the interruption rather than a clean end of input.
+                Ok(true) if self.interrupted() => return Err(Interrupted),
+                Ok(true) => return Ok(Ok(true)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Ok(Err(e)),
+            }
         }
     }
-    Ok(got)
+
+    /// Reads until `buf` is full or input ends; returns the bytes read.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<io::Result<usize>, Interrupted> {
+        let mut got = 0;
+        while got < buf.len() {
+            self.wait()?;
+            match self.buf.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(got))
+    }
 }
 
 fn publish<T: Element>(ring: Ring<T>, a: &PubArgs) -> CliResult {
@@ -226,29 +286,50 @@ fn publish<T: Element>(ring: Ring<T>, a: &PubArgs) -> CliResult {
 
     // Stdin's 8 KiB buffer lets us see end of input before reserving a slot (so a clean end
     // commits nothing and abandons nothing); reads of a whole frame then bypass the buffer
-    // and land in the slot directly.
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
+    // and land in the slot directly. Ctrl-C ends pub cleanly: the ring is removed (unless
+    // --keep) and readers see the writer detach.
+    let stop = shmflow::process::catch_interrupts()
+        .map_err(|e| Failure::new(format!("could not install the Ctrl-C handler: {e}")))?;
+    let mut input =
+        Input::new(stop).map_err(|e| Failure::new(format!("could not read stdin: {e}")))?;
     let mut pacer = a.fps.map(|f| Pacer {
         next: Instant::now(),
         period: Duration::from_secs_f64(1.0 / f),
     });
     let started = Instant::now();
     let mut frames = 0u64;
+    let interrupted = |frames: u64| {
+        Failure::with_code(
+            EXIT_INTERRUPTED,
+            format!("interrupted after publishing {frames} frames"),
+        )
+    };
     loop {
         if let Some(p) = pacer.as_mut() {
             p.wait();
         }
-        match input.fill_buf() {
-            Ok([]) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Failure::new(format!("could not read stdin: {e}"))),
+        match input.at_end() {
+            Err(Interrupted) => return Err(interrupted(frames)),
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => return Err(Failure::new(format!("could not read stdin: {e}"))),
         }
-        let mut slot = writer.reserve().map_err(fail)?;
+        let mut slot = loop {
+            match writer.reserve_timeout(Duration::from_millis(100)) {
+                Ok(slot) => break slot,
+                Err(ReserveTimeoutError::Timeout) if !input.interrupted() => {}
+                Err(ReserveTimeoutError::Timeout) => return Err(interrupted(frames)),
+                Err(e) => return Err(fail(e)),
+            }
+        };
         let buf = slot.as_mut_bytes();
-        let got = read_full(&mut input, buf)
-            .map_err(|e| Failure::new(format!("could not read stdin: {e}")))?;
+        let got = match input.read_full(buf) {
+            Err(Interrupted) => {
+                drop(slot); // discarded: readers never see the partial frame
+                return Err(interrupted(frames));
+            }
+            Ok(r) => r.map_err(|e| Failure::new(format!("could not read stdin: {e}")))?,
+        };
         if got < buf.len() {
             let want = buf.len();
             drop(slot); // discarded: readers never see the partial frame
