@@ -629,6 +629,47 @@ fn gc_removes_dead_pool_blocks_and_never_foreign_segments() {
     assert!(!exists(&mine) && !exists(&foreign));
 }
 
+#[test]
+fn gc_removes_rings_whose_creator_died_while_creating_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    // A creator makes the file with mode 0200, sizes it, writes the header, marks it ready
+    // and only then opens the mode: killed before the end, it leaves a 0200 file behind.
+    let empty = unique_name("cli-setup");
+    let zeros = unique_name("cli-setup");
+    let fresh = unique_name("cli-setup");
+    let foreign = unique_name("cli-setup");
+    let _guards = [&empty, &zeros, &fresh, &foreign].map(|n| RingGuard(n.to_string()));
+    let make = |name: &str, len: usize, mode: u32, mtime: Option<std::time::SystemTime>| {
+        let path = format!("/dev/shm/shmflow.{name}");
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        if let Some(t) = mtime {
+            f.set_modified(t).unwrap();
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    };
+    make(&empty, 0, 0o200, Some(old));
+    make(&zeros, 1 << 16, 0o200, Some(old));
+    make(&fresh, 1 << 16, 0o200, None); // maybe still being created: left alone
+    make(&foreign, 1 << 16, 0o600, Some(old)); // not a ring in setup: left alone
+    let out = run(&["gc", &empty, &zeros, &fresh, &foreign], b"");
+    assert_ok(&out);
+    let text = out.stdout();
+    for gone in [&empty, &zeros] {
+        assert!(
+            text.contains(&format!("removed {gone} (ring never initialised")),
+            "{text}"
+        );
+        assert!(!exists(gone));
+    }
+    for kept in [&fresh, &foreign] {
+        assert!(text.contains(&format!("skipped {kept} (")), "{text}");
+        assert!(exists(kept));
+    }
+}
+
 // ---------------------------------------------------------------- errors and help
 
 #[test]

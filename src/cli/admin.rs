@@ -398,6 +398,22 @@ pub struct GcArgs {
     dry_run: bool,
 }
 
+/// How long a segment may stay half-created before `gc` calls it abandoned (creating a ring
+/// takes milliseconds).
+const SETUP_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// If `name` is a ring whose creator never finished creating it — still mode `0200` (the mode
+/// a ring has only during setup; whatever its contents: empty, zeros, a header not marked
+/// ready), owned by this user, unchanged for [`SETUP_GRACE`] — returns its age.
+fn abandoned_setup(name: &str) -> Option<std::time::Duration> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!("{SHM_DIR}/{PREFIX}{name}")).ok()?;
+    // /proc/self belongs to the process's effective user.
+    let me = std::fs::metadata("/proc/self").ok()?.uid();
+    let age = meta.modified().ok()?.elapsed().ok()?;
+    (meta.mode() & 0o7777 == 0o200 && meta.uid() == me && age >= SETUP_GRACE).then_some(age)
+}
+
 /// Runs `shmflow gc`.
 pub fn run_gc(a: GcArgs) -> CliResult {
     let explicit = !a.names.is_empty();
@@ -463,10 +479,19 @@ pub fn run_gc(a: GcArgs) -> CliResult {
             Segment::PoolStatus { pid, alive, .. } => {
                 (!alive, format!("pool status, pid {pid} is dead"))
             }
-            Segment::Unreadable { error, .. } => {
-                out.line(format_args!("skipped {name} ({})", describe(error)))?;
-                (false, String::new())
-            }
+            Segment::Unreadable { error, .. } => match abandoned_setup(name) {
+                Some(age) => (
+                    true,
+                    format!(
+                        "ring never initialised: its creator stopped while creating it, {} s ago",
+                        age.as_secs()
+                    ),
+                ),
+                None => {
+                    out.line(format_args!("skipped {name} ({})", describe(error)))?;
+                    (false, String::new())
+                }
+            },
         };
         if !stale {
             continue;
