@@ -761,3 +761,95 @@ fn a_reclaimed_sleeping_reader_leaves_no_waiter_count() {
     assert!(ring.status().readers.is_empty());
     assert_eq!(waiters(), 0, "the dead reader is still counted as a waiter");
 }
+
+/// A reader that only ever waits with timeouts shorter than its liveness interval (an event
+/// loop doing `recv_timeout(10 ms)` over and over) must still check its writer once per
+/// interval: the checks count across calls, not from the start of each call.
+#[test]
+fn short_recv_timeouts_still_find_a_killed_writer() {
+    let name = unique_name("crash-shortrecv");
+    let _g = RingGuard(name.clone());
+    let ring = Ring::<u8>::create(&name)
+        .shape([FRAME])
+        .slots(4)
+        .mode(BLOCK)
+        .build()
+        .unwrap();
+    let mut reader = ring.reader().unwrap();
+    reader.set_liveness_interval(LIVENESS);
+    let sig = Pipe::new();
+    let child = fork_child(|| {
+        let ring = Ring::<u8>::open(&name).unwrap();
+        let mut w = ring.writer().unwrap();
+        commit_then_half_write(&mut w, 1, || sig.send(b'R'));
+    });
+    sig.expect(b'R');
+    kill_and_reap(child);
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let r = loop {
+        match reader.recv_timeout(Duration::from_millis(10)) {
+            Ok(f) => {
+                assert!(check(f.seq(), f.as_bytes()));
+                got.push(f.seq());
+            }
+            Err(RecvTimeoutError::Timeout) if t.elapsed() < BOUND => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(got, vec![0]);
+    assert_eq!(
+        r,
+        RecvTimeoutError::Disconnected,
+        "recv_timeout(10 ms) loop after the writer was killed, for {:?}",
+        t.elapsed()
+    );
+}
+
+/// The writer's side of the same: a lossless writer retrying `reserve_timeout(10 ms)` while a
+/// killed reader holds the oldest frame must reclaim that reader and go on.
+#[test]
+fn short_reserve_timeouts_still_reclaim_a_killed_reader() {
+    let name = unique_name("crash-shortreserve");
+    let _g = RingGuard(name.clone());
+    const SLOTS: u64 = 2;
+    let ring = Ring::<u8>::create(&name)
+        .shape([FRAME])
+        .slots(SLOTS as u32)
+        .mode(BLOCK)
+        .build()
+        .unwrap();
+    let mut w = ring.writer().unwrap();
+    w.set_liveness_interval(LIVENESS);
+    let sig = Pipe::new();
+    let victim = fork_child(|| {
+        let ring = Ring::<u8>::open(&name).unwrap();
+        let mut r = ring.reader().unwrap();
+        sig.send(b'A');
+        let ok = matches!(r.recv(), Ok(f) if f.seq() == 0);
+        sig.send(if ok { b'H' } else { b'X' });
+        sleep_forever();
+    });
+    sig.expect(b'A');
+    write_frame(&mut w);
+    sig.expect(b'H');
+    for _ in 1..SLOTS {
+        write_frame(&mut w);
+    }
+    kill_and_reap(victim);
+    let t = Instant::now();
+    loop {
+        match w.reserve_timeout(Duration::from_millis(10)) {
+            Ok(s) => {
+                drop(s);
+                break;
+            }
+            Err(ReserveTimeoutError::Timeout) => assert!(
+                t.elapsed() < BOUND,
+                "reserve_timeout(10 ms) loop never reclaimed the killed reader"
+            ),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(ring.status().readers.is_empty());
+}

@@ -166,7 +166,10 @@ impl Waiter {
         try_once!();
         let start = now_ns();
         let liveness = self.liveness.as_nanos().max(1) as u64;
-        let mut next_tick = start + liveness;
+        // Liveness checks are counted across calls (`last_check`), not from this call's start:
+        // an endpoint that calls `recv_timeout` / `reserve_timeout` with timeouts shorter than
+        // the liveness interval, over and over, must still check its peers once per interval.
+        let mut next_tick = self.last_check.load(Relaxed).saturating_add(liveness);
         let spin = match self.strategy {
             WaitStrategy::SpinThenBlock { spin } => spin.as_nanos() as u64,
             WaitStrategy::BusyPoll => u64::MAX,
@@ -178,12 +181,16 @@ impl Waiter {
             i = i.wrapping_add(1);
             if i.is_multiple_of(64) {
                 let now = now_ns();
-                if deadline.is_some_and(|d| now >= d) {
-                    return Err(WaitEnd::Timeout);
-                }
+                // Check the peers before giving up on the deadline, so that even calls with
+                // a deadline shorter than one spin step check them when they are due.
                 if now >= next_tick {
+                    self.last_check.store(now, Relaxed);
                     self.tick(shared, doorbells);
                     next_tick = now + liveness;
+                    try_once!();
+                }
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(WaitEnd::Timeout);
                 }
                 if now.saturating_sub(start) >= spin {
                     break;
@@ -224,6 +231,7 @@ impl Waiter {
             try_once!();
             let now = now_ns();
             if now >= next_tick {
+                self.last_check.store(now, Relaxed);
                 self.tick(shared, doorbells);
                 next_tick = now + liveness;
                 try_once!();
