@@ -481,13 +481,21 @@ impl Shared {
             .find_map(|(_, slot)| self.bcast_try_slot(w, s, slot))
     }
 
-    /// Marks `slot` WRITING(s) unless a reader has pinned the frame in it (then restores it).
+    /// Marks `slot` WRITING(s) unless a reader pins it (then restores it).
+    ///
+    /// Any pin naming the slot refuses it, whatever frame the pin names and whatever the
+    /// stamp says now: a writer killed inside this handshake (after the WRITING store, before
+    /// restoring `prev`) leaves the slot WRITING, and the next writer's attach turns that into
+    /// EMPTY, while a reader still holds the frame it pinned there. Matching the pin against
+    /// the stamp's frame would hand that reader's slot to the new writer, which would overwrite
+    /// it under the reader. A stale pin (a reader between pinning and re-checking) only makes
+    /// us try another slot.
     fn bcast_try_slot(&self, w: usize, s: u64, slot: usize) -> Option<Grant> {
         let m = self.meta(slot);
         let prev = m.stamp.load(Acquire);
         m.stamp.store(stamp(s, w, st::WRITING), SeqCst);
         fence(SeqCst);
-        if stamp_state(prev) == st::FULL && self.pinned(slot, stamp_seq(prev)) {
+        if self.pinned(slot) {
             m.stamp.store(prev, SeqCst);
             return None;
         }
@@ -498,10 +506,13 @@ impl Shared {
         })
     }
 
-    fn pinned(&self, slot: usize, seq: u64) -> bool {
-        let want = pin_value(slot, seq);
-        self.peers_of(Role::Reader)
-            .any(|r| self.peer(r).pin.load(SeqCst) == want)
+    /// Whether any reader's pin names `slot` (for any frame).
+    fn pinned(&self, slot: usize) -> bool {
+        let want = (slot as u64 + 1) << 48;
+        self.peers_of(Role::Reader).any(|r| {
+            let pin = self.peer(r).pin.load(SeqCst);
+            pin >> 48 == want >> 48
+        })
     }
 
     /// Publishes a reserved frame. The caller has filled the payload and the slot metadata.
@@ -931,6 +942,45 @@ mod tests {
             stamp_state(s.meta(held.slot).stamp.load(Relaxed)),
             st::EMPTY
         );
+    }
+
+    /// A writer killed inside the pin handshake (slot stored WRITING, not yet restored) over
+    /// a frame a reader holds: the next writer's attach turns the slot EMPTY, and it must
+    /// still never hand that slot out while the reader's pin names it.
+    #[test]
+    fn writer_killed_in_the_pin_handshake_does_not_expose_a_held_frame() {
+        for mode in [
+            Mode::Broadcast(Backpressure::DropOldest),
+            Mode::Broadcast(Backpressure::Block),
+        ] {
+            let s = ring(mode, 3, 2, 1);
+            let (w, wg) = s.claim_peer(Role::Writer, 2, 0).unwrap();
+            s.attach_writer(w, 2, wg);
+            let r = if mode == Mode::Broadcast(Backpressure::Block) {
+                let (r, g) = s.claim_peer(Role::Reader, 1, 0).unwrap();
+                s.attach_reader_with(r, 1, g, true);
+                r
+            } else {
+                reader(&s)
+            };
+            let g = s.bcast_try_reserve(w).unwrap();
+            s.bcast_commit(w, g);
+            let held = s.bcast_try_acquire(r).unwrap();
+            assert_eq!(held.seq, 0);
+            // The writer's half of the handshake on the held slot, then it dies.
+            s.meta(held.slot)
+                .stamp
+                .store(stamp(1, w, st::WRITING), SeqCst);
+            let state = s.peer(w).state.load(Relaxed);
+            assert!(s.reclaim(w, state));
+            let w2 = writer(&s);
+            for _ in 0..10 {
+                let g = s.bcast_try_reserve(w2).unwrap();
+                assert_ne!(g.slot, held.slot, "{mode:?}: the held slot was handed out");
+                s.bcast_commit(w2, g);
+            }
+            s.bcast_release(r, held);
+        }
     }
 
     #[test]
