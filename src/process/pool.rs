@@ -520,36 +520,48 @@ impl<T: Task> Inner<T> {
         None
     }
 
-    /// Sends work to every worker that has room.
+    /// How many more tasks worker `w` may be sent now (0: none).
+    fn room(&self, w: usize) -> u64 {
+        let slot = &self.slots[w];
+        if slot.proc.is_none() || slot.in_flight.len() >= PREFETCH {
+            return 0;
+        }
+        match self.lifespan {
+            Some(l) => l.saturating_sub(slot.assigned),
+            None => u64::MAX,
+        }
+    }
+
+    /// Sends work to the workers that have room, each chunk to the least busy one (fewest
+    /// chunks in flight; the lowest id on ties). Filling worker 0 first and then the others
+    /// would pile work on one worker: when it dies, everything it had queued is re-dispatched
+    /// at once, and in a frame pool those frames have gone by the other workers' readers.
     fn feed(&mut self) -> Result<(), PoolError> {
-        for w in 0..self.slots.len() {
-            while self.slots[w].proc.is_some() && self.slots[w].in_flight.len() < PREFETCH {
-                let cap = match self.lifespan {
-                    Some(l) => l.saturating_sub(self.slots[w].assigned),
-                    None => u64::MAX,
-                };
-                if cap == 0 {
-                    break;
-                }
-                let Some(chunk) = self.next_chunk(cap) else {
-                    return Ok(());
-                };
-                let slot = &mut self.slots[w];
-                let p = slot.proc.as_mut().expect("checked");
-                let msg = PoolCmdRef::Chunk {
-                    job: chunk.job,
-                    first: chunk.first,
-                    items: &chunk.items,
-                };
-                let sent = p.send_encoded(&msg);
-                slot.assigned += chunk.items.len() as u64;
-                slot.in_flight.push_back(chunk);
-                if let Err(e) = sent {
-                    self.worker_died(w, e)?;
-                }
+        loop {
+            let Some(w) = (0..self.slots.len())
+                .filter(|&w| self.room(w) > 0)
+                .min_by_key(|&w| self.slots[w].in_flight.len())
+            else {
+                return Ok(());
+            };
+            let cap = self.room(w);
+            let Some(chunk) = self.next_chunk(cap) else {
+                return Ok(());
+            };
+            let slot = &mut self.slots[w];
+            let p = slot.proc.as_mut().expect("checked");
+            let msg = PoolCmdRef::Chunk {
+                job: chunk.job,
+                first: chunk.first,
+                items: &chunk.items,
+            };
+            let sent = p.send_encoded(&msg);
+            slot.assigned += chunk.items.len() as u64;
+            slot.in_flight.push_back(chunk);
+            if let Err(e) = sent {
+                self.worker_died(w, e)?;
             }
         }
-        Ok(())
     }
 
     fn deliver(&mut self, job: u64, first: u64, ready: Ready<T::Output>) {
