@@ -456,6 +456,64 @@ fn frames_through_rings() {
     );
 }
 
+/// Each chunk goes to the least busy worker: two tasks with two in flight at most go to both
+/// workers, not both to worker 0 (which would leave worker 1 idle, and a crash of worker 0
+/// would fail or re-dispatch everything).
+fn tasks_go_to_the_least_busy_worker() {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .max_in_flight(2)
+        .build(|_: &mut (), w, _x: u64| w.id)
+        .unwrap();
+    pool.start().unwrap();
+    let ids: HashSet<usize> = pool.map(0..2u64).unwrap().into_iter().collect();
+    assert_eq!(ids, HashSet::from([0, 1]));
+}
+
+/// A frame task whose frame the worker's reader has already passed returns `Gone` at once
+/// (it used to wait for a later frame, here one that never comes, and time out), and a
+/// worker releases its input frame when its task ends (it used to hold it until the next
+/// task, holding a lossless producer).
+fn frame_tasks_release_their_frame_and_report_gone_frames() {
+    use shmflow::process::FrameError;
+    use shmflow::{Backpressure, Mode, Ring};
+    let input = format!("t-frames-gone-{}", std::process::id());
+    let ring = Ring::<u8>::create(&input)
+        .shape([16])
+        .slots(4)
+        .max_readers(2)
+        .mode(Mode::Broadcast(Backpressure::Block))
+        .build()
+        .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .build_frames::<u8, u8, u64, _>(&input, None, |_: &mut (), _, frame, _| {
+            frame.iter().map(|&b| u64::from(b)).sum()
+        })
+        .unwrap();
+    pool.start().unwrap();
+    let mut w = ring.writer().unwrap();
+    for seq in 0..3u64 {
+        let mut s = w.reserve_timeout(Duration::from_secs(10)).unwrap();
+        s.as_mut_slice().fill(seq as u8);
+        s.commit();
+    }
+    assert_eq!(pool.map([2u64]).unwrap(), vec![Ok(32)]);
+    let status = ring.status();
+    assert_eq!(status.readers.len(), 1);
+    assert_eq!(
+        status.readers[0].cursor, 3,
+        "the worker released frame 2 when its task ended"
+    );
+    assert_eq!(
+        pool.map([0u64]).unwrap(),
+        vec![Err(FrameError::Gone { next: 3 })]
+    );
+    drop(pool);
+    drop(w);
+}
+
 fn main() {
     process::init().register_pool::<Scale>().run();
     let tests: &[(&str, fn())] = &[
@@ -486,6 +544,14 @@ fn main() {
             progress_bar_does_not_break_output,
         ),
         ("frames_through_rings", frames_through_rings),
+        (
+            "tasks_go_to_the_least_busy_worker",
+            tasks_go_to_the_least_busy_worker,
+        ),
+        (
+            "frame_tasks_release_their_frame_and_report_gone_frames",
+            frame_tasks_release_their_frame_and_report_gone_frames,
+        ),
         // Last: starts a thread, after which this process may no longer fork.
         (
             "reexec_pool_from_a_threaded_parent",

@@ -119,6 +119,37 @@ where
     }
 
     fn call(&self, state: &mut Self::State, w: &WorkerInfo, seq: u64) -> Self::Output {
+        let r = self.frame(state, w, seq);
+        // Release the input frame now rather than at the next task: a lossless producer may
+        // be waiting for this worker's cursor, and the next task may be a long time coming.
+        state.reader.release();
+        r
+    }
+
+    fn exit(&self, state: Self::State, _w: &WorkerInfo) {
+        drop(state);
+    }
+}
+
+impl<T, U, S, R> FrameTask<T, U, S, R>
+where
+    T: Element,
+    U: Element,
+    S: 'static,
+    R: Serialize + DeserializeOwned + 'static,
+{
+    fn frame(
+        &self,
+        state: &mut FrameState<T, U, S>,
+        w: &WorkerInfo,
+        seq: u64,
+    ) -> Result<R, FrameError> {
+        // The reader has already passed this frame (a task re-dispatched after a crash, or
+        // tasks sent out of order): it can never come again, so say so now instead of waiting
+        // for a later frame that may never be written.
+        if seq < state.next {
+            return Err(FrameError::Gone { next: state.next });
+        }
         loop {
             let frame = match state.reader.recv_timeout(self.wait) {
                 Ok(f) => f,
@@ -148,10 +179,6 @@ where
             });
         }
     }
-
-    fn exit(&self, state: Self::State, _w: &WorkerInfo) {
-        drop(state);
-    }
 }
 
 impl<S: 'static, E> PoolBuilder<S, E>
@@ -172,6 +199,8 @@ where
     /// output ring) are in flight at once (see [`PoolBuilder::max_in_flight`]): every task's
     /// output fits even while the caller waits for an earlier one, so an ordered `imap` that
     /// drains the output ring between results never deadlocks. The caller must drain it.
+    /// Likewise at most `slots - 1` (of the input ring) tasks are in flight, and each worker
+    /// releases its input frame when its task returns.
     ///
     /// # Errors
     ///
@@ -207,16 +236,24 @@ where
         } else {
             self.chunk_size(1)
         };
+        // Every task in flight may hold an input frame (a worker waits in its task for the
+        // frame, and holds it while the task runs): more tasks in flight than input slots - 1
+        // could have every slot of a lossless input ring held while the producer needs one.
+        // (An input ring that does not exist yet is the workers' problem: their init fails.)
+        let mut cap = match Ring::<T>::open(input) {
+            Ok(ring) => u64::from(ring.info().slots.saturating_sub(1).max(1)),
+            Err(_) => u64::MAX,
+        };
         if let Some(o) = output {
             // Every task in flight may hold an output slot the caller has not drained yet.
             let slots = Ring::<U>::open(o)
                 .map_err(|e| PoolError::Io(std::io::Error::other(e.to_string())))?
                 .info()
                 .slots;
-            let cap = u64::from(slots.saturating_sub(1).max(1));
-            let limit = b.max_in_flight_or(cap).min(cap);
-            b = b.max_in_flight(limit);
+            cap = cap.min(u64::from(slots.saturating_sub(1).max(1)));
         }
+        let limit = b.max_in_flight_or(cap).min(cap);
+        b = b.max_in_flight(limit);
         b.build_with(task)
     }
 }
