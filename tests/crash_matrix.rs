@@ -191,6 +191,31 @@ fn wait_flag(flag: &AtomicU64, what: &str) {
     }
 }
 
+/// Where each victim of the current role was when it was killed (index: the phase number).
+static PHASES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+/// The victim's current phase, in shared memory: it stores the phase before each step, the
+/// parent reads it after the kill and counts it in [`PHASES`].
+struct Phase(SharedWords);
+
+impl Phase {
+    fn new() -> Phase {
+        Phase(SharedWords::new(1))
+    }
+    fn set(&self, p: u64) {
+        self.0.at(0).store(p, SeqCst);
+    }
+    fn record(&self) {
+        let p = self.0.at(0).load(SeqCst) as usize;
+        PHASES[p.min(PHASES.len() - 1)].fetch_add(1, SeqCst);
+    }
+}
+
+/// Phase names of writer and reader victims.
+const WRITER_PHASES: [&str; 5] = ["attached", "reserve", "write", "commit", "committed"];
+const READER_PHASES: [&str; 5] = ["attached", "recv", "holding", "-", "-"];
+const WORKER_PHASES: [&str; 5] = ["-", "between tasks", "mid-task", "-", "-"];
+
 /// Whether process `pid` is gone or a zombie (it can do nothing any more).
 fn dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -286,6 +311,7 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
     reader.set_liveness_interval(LIVENESS);
     // [0] ready, [1] frames committed (commit returned)
     let sh = SharedWords::new(2);
+    let phase = Phase::new();
     let vseed = rng.next();
     let child = victim(|| {
         let mut rng = Rng::new(vseed);
@@ -294,11 +320,15 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
         w.set_liveness_interval(LIVENESS);
         sh.at(0).store(1, SeqCst);
         loop {
+            phase.set(1);
             let mut s = w.reserve().unwrap();
+            phase.set(2);
             let seq = s.seq();
             let pause = if rng.chance(20) { rng.below(300) } else { 0 };
             fill_frame(seq, s.as_mut_bytes(), || spin_us(pause));
+            phase.set(3);
             s.commit();
+            phase.set(4);
             sh.at(1).store(seq + 1, SeqCst);
         }
     });
@@ -311,6 +341,7 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
     let detect = loop {
         if killed.is_none() && Instant::now() >= kill_at {
             let t = kill_victim(child.take().unwrap(), "broadcast writer");
+            phase.record();
             killed = Some((t, sh.at(1).load(SeqCst)));
         }
         let timeout = if killed.is_some() {
@@ -403,6 +434,7 @@ fn broadcast_reader(trial: u64, rng: &mut Rng, mode: Mode) -> Trial {
     w.set_liveness_interval(LIVENESS);
     // [0] ready
     let sh = SharedWords::new(1);
+    let phase = Phase::new();
     let vseed = rng.next();
     let child = victim(|| {
         let mut rng = Rng::new(vseed);
@@ -412,8 +444,10 @@ fn broadcast_reader(trial: u64, rng: &mut Rng, mode: Mode) -> Trial {
         sh.at(0).store(1, SeqCst);
         let mut next = 0u64;
         loop {
+            phase.set(1);
             match r.recv_timeout(Duration::from_secs(1)) {
                 Ok(f) => {
+                    phase.set(2);
                     let Some(id) = frame_id(f.as_bytes()) else {
                         return BAD_FRAME;
                     };
@@ -447,6 +481,7 @@ fn broadcast_reader(trial: u64, rng: &mut Rng, mode: Mode) -> Trial {
     loop {
         if killed.is_none() && Instant::now() >= kill_at {
             killed = Some(kill_victim(child.take().unwrap(), "broadcast reader"));
+            phase.record();
         }
         if let Some(t) = killed {
             if detect.is_none() {
@@ -535,6 +570,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
     w.set_liveness_interval(LIVENESS);
     // [0] ready, [1..=N] times frame i-1 was read by the victim
     let sh = SharedWords::new(N as usize + 1);
+    let phase = Phase::new();
     let vseed = rng.next();
     let child = victim(|| {
         let mut rng = Rng::new(vseed);
@@ -543,8 +579,10 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
         r.set_liveness_interval(LIVENESS);
         sh.at(0).store(1, SeqCst);
         loop {
+            phase.set(1);
             match r.recv_timeout(Duration::from_secs(1)) {
                 Ok(f) => {
+                    phase.set(2);
                     let Some(id) = frame_id(f.as_bytes()) else {
                         return BAD_FRAME;
                     };
@@ -581,6 +619,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
     loop {
         if killed.is_none() && Instant::now() >= kill_at {
             killed = Some(kill_victim(child.take().unwrap(), "queue reader"));
+            phase.record();
         }
         if let Some(t) = killed {
             if detect.is_none() {
@@ -664,6 +703,7 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
     reader.set_liveness_interval(LIVENESS);
     // [0] ready, [1] frames committed
     let sh = SharedWords::new(2);
+    let phase = Phase::new();
     let vseed = rng.next();
     let child = victim(|| {
         let mut rng = Rng::new(vseed);
@@ -673,10 +713,14 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
         sh.at(0).store(1, SeqCst);
         let mut id = 0u64;
         loop {
+            phase.set(1);
             let mut s = w.reserve().unwrap();
+            phase.set(2);
             let pause = if rng.chance(20) { rng.below(300) } else { 0 };
             fill_frame(id, s.as_mut_bytes(), || spin_us(pause));
+            phase.set(3);
             s.commit();
+            phase.set(4);
             id += 1;
             sh.at(1).store(id, SeqCst);
         }
@@ -689,6 +733,7 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
     let detect = loop {
         if killed.is_none() && Instant::now() >= kill_at {
             let t = kill_victim(child.take().unwrap(), "queue writer");
+            phase.record();
             killed = Some((t, sh.at(1).load(SeqCst)));
         }
         let timeout = if killed.is_some() {
@@ -789,7 +834,22 @@ impl PoolWorkerRole {
         for (k, r) in pool.imap(base..base + M).enumerate() {
             results.push(r);
             if k as u64 == kill_after {
-                spin_us(rng.below(300));
+                // Mostly mid-task: wait (briefly) for the victim to be in a task, then kill
+                // it somewhere in it; otherwise at once, wherever it is.
+                if rng.chance(75) {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_millis(5) {
+                        let (s, f) = (
+                            self.rec.at(2 * id).load(SeqCst),
+                            self.rec.at(2 * id + 1).load(SeqCst),
+                        );
+                        if s > base && s != f {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    spin_us(rng.below(200));
+                }
                 // SAFETY: signalling a worker process of our pool.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                 let t = Instant::now();
@@ -842,6 +902,7 @@ impl PoolWorkerRole {
         }
         let (started, finished) = record;
         let mid_task = started > base && started <= base + M && finished != started;
+        PHASES[if mid_task { 2 } else { 1 }].fetch_add(1, SeqCst);
         if mid_task {
             assert_eq!(
                 failed,
@@ -1023,6 +1084,9 @@ fn main() {
             continue;
         }
         WATCH_ROLE.store(ri, SeqCst);
+        for p in &PHASES {
+            p.store(0, SeqCst);
+        }
         let t = Instant::now();
         let result = std::panic::catch_unwind(|| {
             let mut detect = Vec::new();
@@ -1063,7 +1127,22 @@ fn main() {
                     detect.len(),
                     t.elapsed()
                 );
-                table.push((*role, detect.len(), med, max));
+                let labels = match *role {
+                    "broadcast-writer" | "queue-writer" => Some(WRITER_PHASES),
+                    "pool-worker" => Some(WORKER_PHASES),
+                    "pool-parent" => None,
+                    _ => Some(READER_PHASES),
+                };
+                let kills = labels.map_or_else(String::new, |labels| {
+                    labels
+                        .iter()
+                        .zip(&PHASES)
+                        .filter(|(l, _)| **l != "-")
+                        .map(|(l, n)| format!("{l} {}", n.load(SeqCst)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                table.push((*role, detect.len(), med, max, kills));
             }
             Err(_) => {
                 failed += 1;
@@ -1098,12 +1177,12 @@ fn main() {
         failed += 1;
     }
     println!(
-        "\n{:<24} {:>7} {:>17} {:>14}",
+        "\n{:<24} {:>7} {:>17} {:>14}  victim killed while",
         "role", "trials", "detect_median_ms", "detect_max_ms"
     );
-    for (role, n, med, max) in &table {
+    for (role, n, med, max, kills) in &table {
         println!(
-            "{role:<24} {n:>7} {:>17.1} {:>14.1}",
+            "{role:<24} {n:>7} {:>17.1} {:>14.1}  {kills}",
             med.as_secs_f64() * 1e3,
             max.as_secs_f64() * 1e3
         );
