@@ -53,8 +53,16 @@ const FRAME: usize = 4096;
 const SLOTS: u32 = 4;
 /// "Does not hang": a dead peer must be noticed well within this.
 const BOUND: Duration = Duration::from_secs(5);
-/// Kills land this many microseconds (at most) after the victim attached.
+/// Kills land this many microseconds (at most) after the victim attached (pool parent), or
+/// after it attached plus up to one liveness interval (rings: the survivors check their peers
+/// every interval, counted from when they attached; without the extra interval every kill
+/// would fall at the same point of that cycle, and the detection times would all be close to
+/// one interval).
 const MAX_KILL_DELAY_US: u64 = 3000;
+
+fn ring_kill_delay(rng: &mut Rng) -> Duration {
+    Duration::from_micros(rng.below(MAX_KILL_DELAY_US + LIVENESS.as_micros() as u64))
+}
 /// Watchdog per trial.
 const WATCHDOG_S: u32 = 60;
 
@@ -333,7 +341,7 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
         }
     });
     wait_flag(sh.at(0), "writer");
-    let kill_at = Instant::now() + Duration::from_micros(rng.below(MAX_KILL_DELAY_US));
+    let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
     let mut killed: Option<(Instant, u64)> = None;
     let mut next = 0u64;
@@ -471,7 +479,7 @@ fn broadcast_reader(trial: u64, rng: &mut Rng, mode: Mode) -> Trial {
     });
     wait_flag(sh.at(0), "reader");
     let victim_pid = child.pid as u32;
-    let kill_at = Instant::now() + Duration::from_micros(rng.below(MAX_KILL_DELAY_US));
+    let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
     let mut killed: Option<Instant> = None;
     let mut detect: Option<Duration> = None;
@@ -605,7 +613,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
     });
     wait_flag(sh.at(0), "queue reader");
     let victim_pid = child.pid as u32;
-    let kill_at = Instant::now() + Duration::from_micros(rng.below(MAX_KILL_DELAY_US));
+    let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
     let mut killed: Option<Instant> = None;
     let mut detect: Option<Duration> = None;
@@ -726,7 +734,7 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
         }
     });
     wait_flag(sh.at(0), "queue writer");
-    let kill_at = Instant::now() + Duration::from_micros(rng.below(MAX_KILL_DELAY_US));
+    let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
     let mut killed: Option<(Instant, u64)> = None;
     let mut next = 0u64;
