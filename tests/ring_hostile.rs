@@ -1,0 +1,135 @@
+//! Hostile and corrupted segments (issue 5): whatever the bytes of a segment, opening gives an
+//! `OpenError` or a ring that works; nothing panics, reads or writes outside a slot, loops
+//! forever or hangs. The entry point is `shmflow::__fuzz::open_and_exercise`.
+//!
+//! A case that runs longer than `SHMFLOW_HOSTILE_LIMIT_S` seconds (default 10) is a hang: a
+//! watchdog writes its input in hex to a file, prints the path and aborts the process.
+//! `SHMFLOW_HOSTILE_SAVE=1` writes every input to such a file *before* it runs (to find the
+//! input that made the C library abort the process).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use shmflow::__fuzz::{open_and_exercise, Outcome};
+
+// ---------------------------------------------------------------------------- the watchdog
+
+/// The input each test thread is running, and since when.
+type Running = Mutex<HashMap<ThreadId, (Instant, Vec<u8>)>>;
+
+fn running() -> &'static Running {
+    static RUNNING: OnceLock<Running> = OnceLock::new();
+    RUNNING.get_or_init(|| {
+        let limit = std::env::var("SHMFLOW_HOSTILE_LIMIT_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10u64);
+        std::thread::spawn(move || watchdog(Duration::from_secs(limit)));
+        Mutex::new(HashMap::new())
+    })
+}
+
+fn watchdog(limit: Duration) {
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let map = running().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((since, input)) = map.values().find(|(t, _)| t.elapsed() > limit) {
+            let path = save(input, "hang");
+            eprintln!(
+                "\nring_hostile: a case has run for {:?} (limit {limit:?}): a hang.\n\
+                 input ({} bytes) saved to {path}\n",
+                since.elapsed(),
+                input.len()
+            );
+            std::process::abort();
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `input` in hex to a file of this process and thread; returns its path.
+fn save(input: &[u8], what: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/tmp".into());
+    let path = format!(
+        "{dir}/ring_hostile-{what}-{}-{}.hex",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let _ = std::fs::write(&path, hex(input) + "\n");
+    path
+}
+
+/// Runs one input under the watchdog.
+fn guarded(input: &[u8]) -> Outcome {
+    let me = std::thread::current().id();
+    if std::env::var_os("SHMFLOW_HOSTILE_SAVE").is_some() {
+        eprintln!("ring_hostile: running {}", save(input, "case"));
+    }
+    running()
+        .lock()
+        .unwrap()
+        .insert(me, (Instant::now(), input.to_vec()));
+    let out = open_and_exercise(input);
+    running().lock().unwrap().remove(&me);
+    out
+}
+
+// ---------------------------------------------------------------------- regressions (named)
+
+/// Runs `input` and checks it did not take longer than `limit`.
+fn quick(input: &[u8], limit: Duration) -> Outcome {
+    let t = Instant::now();
+    let out = guarded(input);
+    assert!(t.elapsed() < limit, "took {:?}: {out:?}", t.elapsed());
+    out
+}
+
+/// A state-mode input: the 9 parameter bytes, then patches.
+fn state(params: [u8; 9], patches: &[Vec<u8>]) -> Vec<u8> {
+    let mut input = vec![1u8];
+    input.extend(params);
+    input.extend(patches.concat());
+    input
+}
+
+/// Patch kinds of state mode (see `shmflow::__fuzz`): word `w` of control (1), a peer entry
+/// (2), a slot-table entry (3) or the header (4).
+fn put(kind: u8, entry: u8, w: u8, value: u64) -> Vec<u8> {
+    let mut p = vec![kind, entry, w];
+    p.extend(value.to_le_bytes());
+    p
+}
+const META: u8 = 3;
+// Word of a slot-table entry (docs/PROTOCOL.md).
+const META_NDIM: u8 = 2;
+
+/// Ring parameters: u8, shape [4], 4 slots, lossless broadcast, `readers` readers, and
+/// `history` frames written before the damage (or no endpoints before it).
+fn block_ring(readers: u8, history: Option<u8>) -> [u8; 9] {
+    let h = history.map_or(0, |f| f << 4 | 1);
+    [0, 0, 3, 0, 0, 3, 0, readers - 1, h]
+}
+
+/// Regression: the frame's `ndim` sized a vector before it was compared with the ring's rank;
+/// `ndim = 2^32 - 1` in a committed slot made the reader allocate 32 GiB and abort. Now the
+/// frame is refused as corrupted.
+#[test]
+fn a_huge_ndim_in_slot_metadata_is_refused_not_allocated() {
+    // Frames 0..3 written, the reader took 0 and 1: frame 2 is committed and unread.
+    let patches: Vec<Vec<u8>> = (0..4).map(|s| put(META, s, META_NDIM, u64::MAX)).collect();
+    let out = quick(
+        &state(block_ring(2, Some(3)), &patches),
+        Duration::from_secs(5),
+    );
+    match out {
+        Outcome::Worked(st) => assert!(st.corrupted > 0, "{st:?}"),
+        other => panic!("{other:?}"),
+    }
+}
