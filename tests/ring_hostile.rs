@@ -106,9 +106,15 @@ fn put(kind: u8, entry: u8, w: u8, value: u64) -> Vec<u8> {
     p.extend(value.to_le_bytes());
     p
 }
+const CONTROL: u8 = 1;
+const PEER: u8 = 2;
 const META: u8 = 3;
-// Word of a slot-table entry (docs/PROTOCOL.md).
+// Words of a peer entry and of a slot-table entry (docs/PROTOCOL.md).
+const PEER_FLAGS: u8 = 4;
+const PEER_SEM_DATA: u8 = 8;
+const PEER_SEM_PRIVATE: u8 = 9;
 const META_NDIM: u8 = 2;
+const CONTROL_READER_WAITERS: u8 = 16;
 
 /// Ring parameters: u8, shape [4], 4 slots, lossless broadcast, `readers` readers, and
 /// `history` frames written before the damage (or no endpoints before it).
@@ -131,5 +137,35 @@ fn a_huge_ndim_in_slot_metadata_is_refused_not_allocated() {
     match out {
         Outcome::Worked(st) => assert!(st.corrupted > 0, "{st:?}"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Regression: garbage in a peer's `sem_t` reached glibc, whose `sem_post` / `sem_clockwait`
+/// derive the futex operation from the `private` word: the process aborted ("The futex
+/// facility returned an unexpected error code") or could block in a futex wait with no
+/// timeout. Now the words are checked before every call; a peer repairs its own semaphore when
+/// it attaches, and posts to a damaged one are skipped (the sleeper wakes by its deadline).
+#[test]
+fn garbage_in_a_semaphore_never_reaches_glibc() {
+    let garbage = 0x7ead_beef_u64;
+    let patches = [
+        // The entry our reader will take: a damaged semaphore, repaired at attach.
+        put(PEER, 0, PEER_SEM_PRIVATE, garbage),
+        // An entry nobody attaches: "sleeping" on a damaged semaphore with a waiter, so every
+        // commit tries to wake it.
+        put(PEER, 2, PEER_FLAGS, 1),
+        put(PEER, 2, PEER_SEM_DATA, 1 << 32),
+        put(PEER, 2, PEER_SEM_PRIVATE, garbage),
+        put(CONTROL, CONTROL_READER_WAITERS, 0, 1),
+    ];
+    for history in [None, Some(2)] {
+        let out = quick(
+            &state(block_ring(3, history), &patches),
+            Duration::from_secs(5),
+        );
+        match out {
+            Outcome::Worked(st) => assert!(st.received > 0, "{st:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
