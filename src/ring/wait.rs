@@ -203,7 +203,13 @@ impl Waiter {
         let e = shared.peer(self.index);
         let waiters = self.waiters(shared);
         loop {
-            while let Ok(true) = self.sem.try_wait() {}
+            // Drain stale posts, at most 64: a count another process set huge must not
+            // keep us here (the wait below re-checks the state anyway).
+            for _ in 0..64 {
+                if !matches!(self.sem.try_wait(), Ok(true)) {
+                    break;
+                }
+            }
             waiters.fetch_add(1, SeqCst);
             let old = e.flags.fetch_or(FLAG_SLEEPING, SeqCst);
             if old & FLAG_SLEEPING != 0 {
