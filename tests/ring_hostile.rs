@@ -122,6 +122,7 @@ const PEER_FLAGS: u8 = 4;
 const PEER_SEM_DATA: u8 = 8;
 const PEER_SEM_PRIVATE: u8 = 9;
 const META_NDIM: u8 = 2;
+const CONTROL_WRITE_SEQ: u8 = 0;
 const CONTROL_READER_WAITERS: u8 = 16;
 
 /// Ring parameters: u8, shape [4], 4 slots, lossless broadcast, `readers` readers, and
@@ -189,5 +190,18 @@ fn a_huge_semaphore_count_does_not_hold_a_waiter() {
         &state(block_ring(1, None), &patches),
         Duration::from_secs(5),
     );
+    assert!(matches!(out, Outcome::Worked(_)), "{out:?}");
+}
+
+/// Regression: a broadcast reader whose frame is not where the locator says scans the slot
+/// stamps, and retried that up to 4096 times per attempt: with 65536 slots and a `write_seq`
+/// ahead of every stamp, one `try_recv` made 2^28 loads and a 3 ms `recv_timeout` ran for tens
+/// of seconds. The scans are now capped at 2^16 loads per attempt (after the first scan).
+#[test]
+fn garbage_write_seq_with_65536_slots_does_not_stall_a_reader() {
+    // 65536 slots, shape [1], a writer and a reader attached before the damage.
+    let params = [0, 0, 0, 0, 0, 63, 0, 0, 1];
+    let patches = [put(CONTROL, CONTROL_WRITE_SEQ, 0, u64::MAX)];
+    let out = quick(&state(params, &patches), Duration::from_secs(5));
     assert!(matches!(out, Outcome::Worked(_)), "{out:?}");
 }
