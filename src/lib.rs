@@ -107,6 +107,14 @@ pub(crate) mod sys;
 #[doc(hidden)]
 pub mod __loom;
 
+/// Hostile-segment testing: the entry point of `tests/ring_hostile.rs` and of the `cargo fuzz`
+/// target in `fuzz/`. Not a stable API.
+#[cfg(not(loom))]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::ring::fuzz::{open_and_exercise, Outcome, Stats};
+}
+
 pub use array::{DType, Element};
 #[cfg(not(loom))]
 pub use error::{

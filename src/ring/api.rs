@@ -401,6 +401,8 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     ///
     /// Every header field is checked against the segment's real size before anything but the
     /// header is touched; a foreign, truncated or corrupted segment is an error, never a panic.
+    /// A segment whose creator is still initialising it is waited for up to one second (see
+    /// [`Ring::open_within`] to choose the wait).
     ///
     /// # Errors
     ///
@@ -409,7 +411,31 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     /// [`OpenError::Truncated`], [`OpenError::Corrupted`], [`OpenError::LayoutMismatch`] (the
     /// ring's dtype is not `T`, or its number of dimensions is not `D`'s), [`OpenError::Io`].
     pub fn open(name: &str) -> Result<Self, OpenError> {
-        let (segment, layout, creator) = open_segment(name)?;
+        Self::open_within(name, OPEN_READY_WAIT)
+    }
+
+    /// Opens an existing ring as [`Ring::open`] does, waiting at most `wait` for a creator
+    /// that is still initialising the segment (an empty object, or a header whose ready word
+    /// is not stored yet). `Duration::ZERO` never waits: such a segment is
+    /// [`OpenError::NotReady`] at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmflow::Ring;
+    /// # let name = format!("doc-open-within-{}", std::process::id());
+    /// let ring = Ring::<u8>::create(&name).shape([4]).build()?;
+    /// let other = Ring::<u8>::open_within(&name, Duration::ZERO)?;
+    /// assert_eq!(other.info().max_shape, [4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`Ring::open`].
+    pub fn open_within(name: &str, wait: Duration) -> Result<Self, OpenError> {
+        let (segment, layout, creator) = open_segment(name, wait)?;
         let rank_ok = D::NDIM.is_none_or(|n| n == layout.max_shape.len());
         if layout.dtype != T::DTYPE || !rank_ok {
             return Err(OpenError::LayoutMismatch {
@@ -421,8 +447,8 @@ impl<T: Element, D: Dimension> Ring<T, D> {
                 found: format!("{} {:?}", layout.dtype, layout.max_shape),
             });
         }
-        // SAFETY: the mapping covers total_size bytes (checked just above) and the layout was
-        // recomputed by Layout::compute from validated parameters.
+        // SAFETY: the mapping covers total_size bytes (checked by open_segment) and the layout
+        // was recomputed by Layout::compute from validated parameters.
         let shared = unsafe { Shared::from_segment(layout, segment) };
         Ok(Ring::from_parts(shared, name.to_owned(), creator))
     }
@@ -621,11 +647,15 @@ pub fn list() -> std::io::Result<Vec<String>> {
     Segment::list()
 }
 
-/// Opens and validates a segment's header without checking its dtype or rank.
-fn open_segment(name: &str) -> Result<(Segment, Layout, Creator), OpenError> {
+/// Opens and validates a segment's header without checking its dtype or rank, waiting at most
+/// `wait` for a creator that is still initialising it.
+pub(crate) fn open_segment(
+    name: &str,
+    wait: Duration,
+) -> Result<(Segment, Layout, Creator), OpenError> {
     // A creator makes the object (size 0, mode 0200), sizes it, fills the header and then
     // widens its mode: while that happens an opener sees size 0 or, unless root, EACCES on a
-    // 0200 file. Both are retried for up to OPEN_READY_WAIT.
+    // 0200 file. Both are retried for up to `wait`.
     let started = Instant::now();
     let initialising = |e: &SegmentOpenError| match e {
         SegmentOpenError::TooSmall { size: 0, .. } => true,
@@ -636,7 +666,7 @@ fn open_segment(name: &str) -> Result<(Segment, Layout, Creator), OpenError> {
     };
     let opened = loop {
         match Segment::open(name, HEADER_BYTES as usize) {
-            Err(e) if initialising(&e) && started.elapsed() < OPEN_READY_WAIT => {
+            Err(e) if initialising(&e) && started.elapsed() < wait => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             other => break other,
@@ -672,7 +702,7 @@ fn open_segment(name: &str) -> Result<(Segment, Layout, Creator), OpenError> {
         if magic != 0 && magic != layout::MAGIC {
             return Err(OpenError::NotARing { name: name.into() });
         }
-        if started.elapsed() > OPEN_READY_WAIT {
+        if started.elapsed() >= wait {
             return Err(OpenError::NotReady { name: name.into() });
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -715,7 +745,7 @@ fn open_segment(name: &str) -> Result<(Segment, Layout, Creator), OpenError> {
 ///
 /// As for [`Ring::open`], except that any dtype and rank are accepted.
 pub fn inspect(name: &str) -> Result<(RingInfo, RingStatus), OpenError> {
-    let (segment, layout, creator) = open_segment(name)?;
+    let (segment, layout, creator) = open_segment(name, OPEN_READY_WAIT)?;
     // SAFETY: open_segment checked the mapping covers total_size and recomputed the layout
     // with Layout::compute.
     let shared = unsafe { Shared::from_segment(layout, segment) };
@@ -730,7 +760,7 @@ pub fn inspect(name: &str) -> Result<(RingInfo, RingStatus), OpenError> {
 ///
 /// As for [`inspect`].
 pub fn reclaim_dead_peers(name: &str) -> Result<usize, OpenError> {
-    let (segment, layout, creator) = open_segment(name)?;
+    let (segment, layout, creator) = open_segment(name, OPEN_READY_WAIT)?;
     // SAFETY: as in `inspect`.
     let shared = unsafe { Shared::from_segment(layout, segment) };
     Ok(Ring::<u8>::from_parts(shared, name.to_owned(), creator).reclaim_dead_peers())

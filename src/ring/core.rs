@@ -93,6 +93,11 @@ pub(crate) enum Blocked {
 /// garbage into the segment can make us lose a race, never spin forever.
 const RETRIES: usize = 1 << 12;
 
+/// Stamp loads a broadcast reader's fallback scans may make in one attempt (beyond the first
+/// scan, which is always made): garbage in the segment (a `write_seq` ahead of every stamp)
+/// would otherwise cost `RETRIES` full scans, 2^28 loads with 65536 slots, per attempt.
+const SCAN_BUDGET: usize = 1 << 16;
+
 /// Passes over the slots a drop-oldest writer makes before it reports `Full`.
 const PICK_PASSES: usize = 16;
 
@@ -545,6 +550,7 @@ impl Shared {
         let ring = &self.control().write_seq.v;
         let drop_oldest = self.layout.mode == Mode::Broadcast(Backpressure::DropOldest)
             || e.flags.load(Relaxed) & FLAG_LOSSY != 0;
+        let mut scanned = 0usize;
         for _ in 0..RETRIES {
             let cursor = e.cursor.load(Relaxed);
             let w = ring.load(Acquire);
@@ -565,6 +571,11 @@ impl Shared {
             } else {
                 // The frame at the cursor is gone (drop-oldest overwrote it, or we were
                 // reclaimed while stalled): take the oldest committed frame after it.
+                let n = self.layout.slot_count as usize;
+                if scanned > 0 && scanned + n > SCAN_BUDGET {
+                    return None; // not found now; callers retry later or time out
+                }
+                scanned += n;
                 match self.oldest_full_from(cursor) {
                     Some(found) => found,
                     None => {

@@ -19,6 +19,8 @@ mod proptests;
 #[cfg(not(loom))]
 mod api;
 #[cfg(not(loom))]
+pub(crate) mod fuzz;
+#[cfg(not(loom))]
 mod reader;
 #[cfg(not(loom))]
 mod wait;

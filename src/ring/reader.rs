@@ -176,8 +176,10 @@ impl<T: Element, D: Dimension> Reader<T, D> {
         let shared: &Shared = &self.ring.inner.shared;
         let l = &shared.layout;
         let m = shared.meta(g.slot);
+        // `ndim` comes from another process: compare it, never size anything by it (a hostile
+        // 2^32 - 1 would be a 32 GiB allocation, which aborts).
         let ndim = m.ndim.load(Relaxed) as usize;
-        let mut shape = Vec::with_capacity(ndim);
+        let mut shape = Vec::with_capacity(l.max_shape.len());
         let mut ok = ndim == l.max_shape.len();
         if ok {
             for (i, max) in l.max_shape.iter().enumerate() {

@@ -94,10 +94,15 @@ pub(crate) fn peer_alive(me: u32) -> impl FnMut(u32, u64) -> bool {
 
 impl Waiter {
     pub(crate) fn new(shared: &Shared, index: usize, role: Role, pid: u32) -> Waiter {
-        // SAFETY: the semaphore of every peer entry was initialised by the ring's creator
-        // (`sem_init` with pshared = 1) before the ready word was published, and `shared`
-        // keeps the memory mapped for as long as the endpoint (which owns this Waiter) lives.
-        let sem = unsafe { Semaphore::from_ptr(shared.sem_ptr(index)) };
+        // SAFETY: the semaphore storage of every peer entry is 32 bytes, 8-aligned, inside the
+        // mapping that `shared` keeps alive as long as the endpoint (which owns this Waiter);
+        // the creator initialised it (`sem_init`, pshared = 1) before publishing the ready
+        // word. Only this peer sleeps on it; a semaphore whose words another process damaged
+        // is re-initialised here (its methods refuse a damaged one rather than call glibc).
+        let sem = unsafe {
+            let _ = Semaphore::repair(shared.sem_ptr(index));
+            Semaphore::from_ptr(shared.sem_ptr(index))
+        };
         Waiter {
             index,
             last_check: std::sync::atomic::AtomicU64::new(sys::monotonic_ns()),
@@ -205,7 +210,13 @@ impl Waiter {
         let e = shared.peer(self.index);
         let waiters = self.waiters(shared);
         loop {
-            while let Ok(true) = self.sem.try_wait() {}
+            // Drain stale posts, at most 64: a count another process set huge must not
+            // keep us here (the wait below re-checks the state anyway).
+            for _ in 0..64 {
+                if !matches!(self.sem.try_wait(), Ok(true)) {
+                    break;
+                }
+            }
             waiters.fetch_add(1, SeqCst);
             let old = e.flags.fetch_or(FLAG_SLEEPING, SeqCst);
             if old & FLAG_SLEEPING != 0 {
@@ -299,7 +310,8 @@ pub(crate) fn wake(shared: &Shared, role: Role, all: bool, doorbells: &mut Optio
             && e.flags.fetch_and(!FLAG_SLEEPING, SeqCst) & FLAG_SLEEPING != 0
         {
             waiters.fetch_sub(1, SeqCst);
-            // SAFETY: see `Waiter::new`: initialised by the creator, mapped while `shared` lives.
+            // SAFETY: see `Waiter::new`: mapped while `shared` lives; `post` checks the words
+            // and refuses a damaged semaphore instead of handing it to glibc.
             let sem = unsafe { Semaphore::from_ptr(shared.sem_ptr(i)) };
             let _ = sem.post();
             woke = true;

@@ -12,9 +12,27 @@
 //! glibc this is `sem_clockwait` (glibc 2.30 and later); elsewhere the
 //! remaining time is turned into a `CLOCK_REALTIME` deadline for
 //! `sem_timedwait`, re-checked against the monotonic clock after a timeout.
+//!
+//! # Corrupted semaphores
+//!
+//! The `sem_t` lives in memory that other processes can write, and the C
+//! library trusts its bytes: glibc turns its `private` word into the futex
+//! operation code, so garbage there makes `sem_post` abort the process
+//! ("The futex facility returned an unexpected error code") or issue a futex
+//! *wait* with no timeout, which hangs. So every operation first checks the
+//! words (see [`Semaphore::looks_valid`]) and refuses a semaphore that is not
+//! what `sem_init(pshared = 1)` makes, with `EINVAL`, before calling the C
+//! library. A peer re-initialises its own semaphore when it attaches if the
+//! check fails ([`Semaphore::repair`]).
+//!
+//! The check cannot be atomic with the C library's use: a process that
+//! rewrites the words between the check and the call can still make glibc
+//! abort or block. That needs a hostile process with write access to the
+//! segment (which can corrupt frames anyway); accidental corruption is caught.
 
 use std::io;
 use std::mem::{align_of, size_of};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use crate::sys::{self, syscall};
 
@@ -27,6 +45,20 @@ pub(crate) const SEM_ALIGN: usize = 8;
 
 const _: () = assert!(size_of::<libc::sem_t>() <= SEM_BYTES);
 const _: () = assert!(align_of::<libc::sem_t>() <= SEM_ALIGN);
+
+/// glibc's `struct new_sem` on 64-bit targets: `u64 data` (the value in bits 0–31, the number
+/// of waiters in bits 32–63), `i32 private`, `i32 pad`. `sem_init` with `pshared = 1` stores
+/// `private = 128` (`FUTEX_PRIVATE_FLAG`, which glibc XORs into the futex operation: set
+/// here means "shared"); with `pshared = 0` it stores 0.
+#[cfg(all(target_env = "gnu", target_pointer_width = "64"))]
+mod glibc {
+    /// Offset of the `private` word.
+    pub(super) const PRIVATE_OFFSET: usize = 8;
+    /// `private` of a process-shared semaphore.
+    pub(super) const PSHARED_PRIVATE: i32 = 128;
+    /// `SEM_VALUE_MAX`.
+    pub(super) const VALUE_MAX: u64 = i32::MAX as u64;
+}
 
 #[cfg(target_env = "gnu")]
 mod ffi {
@@ -108,6 +140,61 @@ impl Semaphore {
         Semaphore { ptr: ptr.cast() }
     }
 
+    /// Whether the semaphore's words are what `sem_init(pshared = 1)` and the `sem_*`
+    /// functions leave there: on 64-bit glibc, `private` is 128 and the value is at most
+    /// `SEM_VALUE_MAX` (the waiter count and the padding may hold anything: glibc only adds to
+    /// and subtracts from the former, and never reads the latter). On other C libraries the
+    /// layout is not checked and this is always true.
+    pub(crate) fn looks_valid(&self) -> bool {
+        #[cfg(all(target_env = "gnu", target_pointer_width = "64"))]
+        {
+            // SAFETY: the constructors guarantee `ptr` is valid for SEM_BYTES bytes and
+            // 8-aligned for as long as `self` lives; the u64 at offset 0 and the i32 at
+            // offset 8 are read atomically (glibc itself uses atomics of those widths on
+            // them), and atomics are valid for any bit pattern.
+            let (data, private) = unsafe {
+                let base = self.ptr.cast::<u8>();
+                (
+                    (*base.cast::<AtomicU64>()).load(Ordering::Relaxed),
+                    (*base.add(glibc::PRIVATE_OFFSET).cast::<AtomicI32>()).load(Ordering::Relaxed),
+                )
+            };
+            private == glibc::PSHARED_PRIVATE && data & 0xFFFF_FFFF <= glibc::VALUE_MAX
+        }
+        #[cfg(not(all(target_env = "gnu", target_pointer_width = "64")))]
+        {
+            true
+        }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.looks_valid() {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }
+    }
+
+    /// Re-initialises the semaphore at `ptr` (count 0) if its words are not those of a valid
+    /// process-shared semaphore ([`Semaphore::looks_valid`]); returns whether it did.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Semaphore::from_ptr`]; in addition the caller must be the only process that
+    /// waits on this semaphore (a peer's own semaphore, which only that peer sleeps on).
+    /// Others may post to it meanwhile: the worst outcome is a lost wake-up, which the ring
+    /// protocol tolerates (waits always have a deadline).
+    pub(crate) unsafe fn repair(ptr: *mut u8) -> io::Result<bool> {
+        // SAFETY: forwarded from the caller.
+        let sem = unsafe { Semaphore::from_ptr(ptr) };
+        if sem.looks_valid() {
+            return Ok(false);
+        }
+        // SAFETY: valid, aligned and mapped (caller); nobody waits on it but the caller.
+        unsafe { Semaphore::init(ptr, 0) }?;
+        Ok(true)
+    }
+
     /// Increments the count, waking one waiter.
     ///
     /// A count already at `SEM_VALUE_MAX` (`EOVERFLOW`) is not an error: a
@@ -115,8 +202,10 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// Any other `sem_post` error (`EINVAL`: not a valid semaphore).
+    /// Any other `sem_post` error (`EINVAL`: not a valid semaphore, also when
+    /// [`Semaphore::looks_valid`] fails and the C library is not called).
     pub(crate) fn post(&self) -> io::Result<()> {
+        self.check()?;
         // SAFETY: the constructors guarantee `ptr` is an initialised, mapped sem_t.
         match syscall!(sem_post(self.ptr)) {
             Err(e) if !is_errno(&e, libc::EOVERFLOW) => Err(e),
@@ -129,8 +218,10 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// Any `sem_trywait` error other than `EAGAIN` (count was 0).
+    /// Any `sem_trywait` error other than `EAGAIN` (count was 0); `EINVAL` without calling
+    /// the C library when [`Semaphore::looks_valid`] fails.
     pub(crate) fn try_wait(&self) -> io::Result<bool> {
+        self.check()?;
         loop {
             // SAFETY: the constructors guarantee `ptr` is an initialised, mapped sem_t.
             match syscall!(sem_trywait(self.ptr)) {
@@ -152,8 +243,10 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// Any other wait error (`EINVAL`: not a valid semaphore).
+    /// Any other wait error (`EINVAL`: not a valid semaphore, also when
+    /// [`Semaphore::looks_valid`] fails and the C library is not called).
     pub(crate) fn wait_until(&self, deadline_ns: u64) -> io::Result<bool> {
+        self.check()?;
         #[cfg(target_env = "gnu")]
         {
             self.wait_until_clockwait(deadline_ns)
@@ -384,6 +477,74 @@ mod tests {
             let deadline = sys::monotonic_ns() + 5_000_000_000;
             assert!(sem.wait_until_timedwait(deadline).unwrap());
         });
+    }
+
+    /// Writes `data` and `private` over the semaphore's words, as a hostile or buggy process
+    /// could.
+    fn scribble(mem: &SharedAnon, data: u64, private: i32) {
+        // SAFETY: `mem` is a live mapping of at least 16 bytes, page-aligned; only atomics of
+        // the fields' widths are used on it.
+        unsafe {
+            (*mem.ptr.cast::<AtomicU64>()).store(data, Ordering::Relaxed);
+            (*mem.ptr.add(8).cast::<AtomicI32>()).store(private, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn sem_init_makes_what_looks_valid_expects() {
+        let mem = SharedAnon::new(4096);
+        // SAFETY: fresh, page-aligned, private to this test.
+        let sem = unsafe { Semaphore::init(mem.ptr, 3) }.unwrap();
+        assert!(sem.looks_valid());
+        #[cfg(all(target_env = "gnu", target_pointer_width = "64"))]
+        {
+            // SAFETY: as in `scribble`.
+            let private = unsafe { (*mem.ptr.add(8).cast::<AtomicI32>()).load(Ordering::Relaxed) };
+            assert_eq!(
+                private, 128,
+                "glibc stores FUTEX_PRIVATE_FLAG for pshared = 1"
+            );
+        }
+    }
+
+    /// Regression (hostile segments): garbage in the `private` word made glibc's `sem_post`
+    /// abort the process or block in a futex wait without timeout; a huge count made the
+    /// waiter's drain loop spin for billions of iterations. Such a semaphore is refused
+    /// without calling the C library, and `repair` makes it usable again.
+    #[cfg(all(target_env = "gnu", target_pointer_width = "64"))]
+    #[test]
+    fn corrupted_semaphores_are_refused_before_glibc_sees_them() {
+        let mem = SharedAnon::new(4096);
+        // SAFETY: fresh, page-aligned, private to this test.
+        let sem = unsafe { Semaphore::init(mem.ptr, 0) }.unwrap();
+        for (data, private) in [
+            (1 << 32, 0x7eadbeef),        // a waiter and a garbage `private`
+            (0xFFFF_FFFF_FFFF_FFFF, 128), // count above SEM_VALUE_MAX
+            (0, 0),                       // process-private: would never wake another process
+            (5, -1),
+        ] {
+            scribble(&mem, data, private);
+            assert!(!sem.looks_valid(), "{data:#x} / {private}");
+            for r in [
+                sem.post(),
+                sem.try_wait().map(|_| ()),
+                sem.wait_until(0).map(|_| ()),
+            ] {
+                assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+            }
+            // SAFETY: `mem` is mapped and aligned; only this test uses the semaphore.
+            assert!(unsafe { Semaphore::repair(mem.ptr) }.unwrap());
+            assert!(sem.looks_valid());
+            sem.post().unwrap();
+            assert!(sem.try_wait().unwrap());
+            // SAFETY: as above.
+            let repaired = unsafe { Semaphore::repair(mem.ptr) }.unwrap();
+            assert!(!repaired, "valid: left alone");
+        }
+        // Waiter count and padding are not checked: glibc tolerates any value there.
+        scribble(&mem, 0x1234_0000_0002, 128);
+        assert!(sem.looks_valid());
+        assert!(sem.try_wait().unwrap());
     }
 
     #[test]
