@@ -223,6 +223,8 @@ impl Phase {
 const WRITER_PHASES: [&str; 5] = ["attached", "reserve", "write", "commit", "committed"];
 const READER_PHASES: [&str; 5] = ["attached", "recv", "holding", "-", "-"];
 const WORKER_PHASES: [&str; 5] = ["-", "between tasks", "mid-task", "-", "-"];
+/// Pool parent: how many trials left the pool's status segment for gc to remove.
+const OWNER_COUNTS: [&str; 5] = ["-", "status segments left for gc", "-", "-", "-"];
 
 /// Whether process `pid` is gone or a zombie (it can do nothing any more).
 fn dead(pid: u32) -> bool {
@@ -978,6 +980,7 @@ fn pool_parent(_trial: u64, rng: &mut Rng) -> Trial {
         .filter(|n| n.starts_with(&prefix))
         .collect();
     assert!(left.len() <= 1, "segments left: {left:?}");
+    PHASES[1].fetch_add(left.len() as u64, SeqCst);
     for n in &left {
         Ring::<u8>::remove(n).expect("remove the dead pool's status segment");
     }
@@ -1138,7 +1141,7 @@ fn main() {
                 let labels = match *role {
                     "broadcast-writer" | "queue-writer" => Some(WRITER_PHASES),
                     "pool-worker" => Some(WORKER_PHASES),
-                    "pool-parent" => None,
+                    "pool-parent" => Some(OWNER_COUNTS),
                     _ => Some(READER_PHASES),
                 };
                 let kills = labels.map_or_else(String::new, |labels| {
@@ -1185,7 +1188,7 @@ fn main() {
         failed += 1;
     }
     println!(
-        "\n{:<24} {:>7} {:>17} {:>14}  victim killed while",
+        "\n{:<24} {:>7} {:>17} {:>14}  victim killed while (pool-parent: segments left)",
         "role", "trials", "detect_median_ms", "detect_max_ms"
     );
     for (role, n, med, max, kills) in &table {

@@ -853,3 +853,63 @@ fn short_reserve_timeouts_still_reclaim_a_killed_reader() {
     }
     assert!(ring.status().readers.is_empty());
 }
+
+/// A drop-oldest writer killed inside its pin handshake: it had stored WRITING over the slot
+/// of a frame a reader holds (pinned), and died before restoring the stamp. The next writer's
+/// attach turns the WRITING slot EMPTY; it must still not hand that slot out while the reader
+/// holds it. The kill lands in a window of a few instructions, so the test leaves the stamp
+/// exactly as such a writer would (written into the segment file), then kills the writer.
+#[test]
+fn writer_killed_in_the_pin_handshake_does_not_expose_a_held_frame() {
+    use std::os::unix::fs::FileExt;
+    const SLOTS: u64 = 3;
+    const READERS: u64 = 2;
+    let name = unique_name("crash-pinhs");
+    let _g = RingGuard(name.clone());
+    let ring = Ring::<u8>::create(&name)
+        .shape([FRAME])
+        .slots(SLOTS as u32)
+        .max_readers(READERS as u32)
+        .mode(Mode::Broadcast(Backpressure::DropOldest))
+        .build()
+        .unwrap();
+    let mut reader = ring.reader().unwrap();
+    let sig = Pipe::new();
+    let child = fork_child(|| {
+        let ring = Ring::<u8>::open(&name).unwrap();
+        let mut w = ring.writer().unwrap();
+        write_frame(&mut w);
+        sig.send(b'W');
+        sleep_forever();
+    });
+    sig.expect(b'W');
+    let held = reader.recv_timeout(BOUND).expect("frame 0");
+    assert_eq!(held.seq(), 0);
+    // Frame 0 is in slot 0; its writer is peer READERS (writers follow the readers).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(shm_path(&name))
+        .unwrap();
+    let mut b = [0u8; 8];
+    file.read_at(&mut b, 160).unwrap();
+    let meta_offset = u64::from_le_bytes(b);
+    file.read_at(&mut b, meta_offset).unwrap();
+    let full0 = (READERS << 4) | 2;
+    assert_eq!(
+        u64::from_le_bytes(b),
+        full0,
+        "slot 0 holds FULL(0) of the writer"
+    );
+    let writing1 = (1 << 16) | (READERS << 4) | 1;
+    file.write_at(&writing1.to_le_bytes(), meta_offset).unwrap();
+    kill_and_reap(child);
+    let mut w = ring
+        .writer()
+        .expect("a new writer (the dead one is reclaimed)");
+    for _ in 0..4 * SLOTS {
+        write_frame(&mut w);
+        assert!(check(0, held.as_bytes()), "the held frame was overwritten");
+    }
+    assert!(check(0, held.as_bytes()));
+}

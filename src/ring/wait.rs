@@ -11,6 +11,8 @@
 //! Each time a sleeping waiter wakes for its liveness interval it checks the peers it depends on
 //! (pid alive and same start time) and reclaims the dead ones: this bounds how long a dead
 //! reader can hold a lossless writer, or a dead writer can keep readers from `Disconnected`.
+//! The interval runs from the endpoint's last check, across calls (`Waiter::last_check`), so
+//! calls with timeouts shorter than the interval, made over and over, check too.
 
 use std::time::Duration;
 
