@@ -67,9 +67,11 @@
 //! What shmflow does *not* assume is that their bytes are sane: [`Ring::open`] validates the
 //! magic, version, layout hash, every offset against the real file size, the dtype and the
 //! number of dimensions before any view exists; frame metadata (shape, length) is checked
-//! before a view is built; indices read from shared memory are reduced modulo the slot count;
-//! every lock-free loop is bounded. A corrupted or hostile segment gives an error, not a panic
-//! or an out-of-bounds view. [`Element`] is an `unsafe trait` because a reader reinterprets
+//! before a view is built (and nothing is sized by it); indices read from shared memory are
+//! reduced modulo the slot count or only compared; every lock-free loop and every scan is
+//! bounded; the process-shared semaphores' words are checked before the C library sees them.
+//! A corrupted or hostile segment gives an error, not a panic or an out-of-bounds view
+//! (`tests/ring_hostile.rs` and the fuzz target in `fuzz/` check this on arbitrary bytes). [`Element`] is an `unsafe trait` because a reader reinterprets
 //! another process's bytes as `T`: only types where every bit pattern is valid qualify.
 //!
 //! Segments are created `0600` (owner only) by default. The creator unlinks the segment when

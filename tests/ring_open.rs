@@ -460,6 +460,34 @@ fn an_empty_or_uninitialised_segment_is_not_ready() {
     }
 }
 
+#[test]
+fn open_within_chooses_the_wait_for_an_uninitialised_segment() {
+    let fake = Fake::new("open-within");
+    let mut unready = real_ring_bytes();
+    put_u32(&mut unready, off::READY, 0);
+    for b in [Vec::new(), vec![0u8; 8192], unready] {
+        std::fs::write(shm_path(&fake.name), &b).unwrap();
+        let t = Instant::now();
+        let e = Ring::<u8>::open_within(&fake.name, Duration::ZERO).unwrap_err();
+        assert!(matches!(e, OpenError::NotReady { .. }), "{e:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "waited {:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        let e = Ring::<u8>::open_within(&fake.name, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, OpenError::NotReady { .. }), "{e:?}");
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(200), "gave up after {took:?}");
+        assert!(took < Duration::from_secs(2), "waited {took:?}");
+    }
+    // A ready ring opens at once either way.
+    let bytes = real_ring_bytes();
+    std::fs::write(shm_path(&fake.name), &bytes).unwrap();
+    Ring::<u8>::open_within(&fake.name, Duration::ZERO).expect("a complete ring opens");
+}
+
 // ------------------------------------------------------------------------- invalid layouts
 
 #[test]
