@@ -638,7 +638,11 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     }
 }
 
-/// Names of the rings in `/dev/shm` (segments named `shmflow.*`), sorted.
+/// Names of shmflow's segments in `/dev/shm` (files named `shmflow.*`), sorted.
+///
+/// Besides rings this includes the status blocks of worker pools (named
+/// `pool-<pid>-<hex>`, which `shmflow ls` shows as `pool-status`). They are not rings:
+/// [`Ring::open`] answers them with an [`OpenError`].
 ///
 /// # Errors
 ///
