@@ -18,7 +18,9 @@
 //! - be able to continue: a new writer or reader attaches and exchanges a frame; the ring is
 //!   removed at the end, and nothing is left in `/dev/shm`, and no child process is left.
 //!
-//! Roles: `broadcast-writer` (the reader lossless in even trials, drop-oldest in odd ones),
+//! Roles: `attaching-peer` (a reader or the writer of a lossless ring killed while it opens the
+//! ring and attaches, or just after: its half-made peer entry is reclaimed, the writer does not
+//! wait for it, a new peer takes its place), `broadcast-writer` (the reader lossless in even trials, drop-oldest in odd ones),
 //! `broadcast-reader-block`, `drop-oldest-reader`, `queue-reader`, `queue-writer`,
 //! `pool-worker` (a worker SIGKILLed mid-task: exactly its task fails with `WorkerDied`, the
 //! pool goes on), `pool-parent` (the process owning a pool is SIGKILLed: its workers exit,
@@ -222,6 +224,7 @@ impl Phase {
 /// Phase names of writer and reader victims.
 const WRITER_PHASES: [&str; 5] = ["attached", "reserve", "write", "commit", "committed"];
 const READER_PHASES: [&str; 5] = ["attached", "recv", "holding", "-", "-"];
+const ATTACH_PHASES: [&str; 5] = ["forked", "opening", "attaching", "attached", "-"];
 const WORKER_PHASES: [&str; 5] = ["-", "between tasks", "mid-task", "-", "-"];
 /// Pool parent: how many trials left the pool's status segment for gc to remove.
 const OWNER_COUNTS: [&str; 5] = ["-", "status segments left for gc", "-", "-", "-"];
@@ -993,7 +996,187 @@ fn pool_parent(_trial: u64, rng: &mut Rng) -> Trial {
 
 // ------------------------------------------------------------------------------------ main
 
-const ROLES: [&str; 7] = [
+/// A victim is killed while it opens the ring and attaches (or just after): even trials a
+/// reader of a lossless broadcast ring, odd trials its writer. The ring has room for exactly
+/// the survivors plus the victim (2 readers, 1 writer), so a half-made peer entry that is
+/// never reclaimed shows up as a refused attach. Survivors: the writer goes on (it must not
+/// wait for a reader that never finished attaching), a new reader or writer attaches within
+/// the bound, and frames go through unharmed.
+fn attaching(trial: u64, rng: &mut Rng) -> Trial {
+    let victim_writes = trial % 2 == 1;
+    let name = unique_name("cm-at");
+    let guard = RingGuard(name.clone());
+    let ring = Ring::<u8>::create(&name)
+        .shape([FRAME])
+        .slots(SLOTS)
+        .mode(Mode::Broadcast(Backpressure::Block))
+        .max_readers(2)
+        .max_writers(1)
+        .build()
+        .expect("create ring");
+    let mut live = ring.reader().unwrap();
+    live.set_liveness_interval(LIVENESS);
+    let mut w = if victim_writes {
+        None
+    } else {
+        let mut w = ring.writer().unwrap();
+        w.set_liveness_interval(LIVENESS);
+        Some(w)
+    };
+    let phase = Phase::new();
+    let child = victim(|| {
+        phase.set(1);
+        let ring = match Ring::<u8>::open(&name) {
+            Ok(r) => r,
+            Err(_) => return CORRUPTED,
+        };
+        phase.set(2);
+        if victim_writes {
+            let Ok(mut w) = ring.writer() else {
+                return CORRUPTED;
+            };
+            phase.set(3);
+            loop {
+                match w.reserve_timeout(Duration::from_secs(1)) {
+                    Ok(mut s) => {
+                        let seq = s.seq();
+                        fill_frame(seq, s.as_mut_bytes(), || {});
+                        s.commit();
+                    }
+                    Err(ReserveTimeoutError::Timeout) => {}
+                    Err(_) => return CORRUPTED,
+                }
+            }
+        } else {
+            let Ok(mut r) = ring.reader() else {
+                return CORRUPTED;
+            };
+            phase.set(3);
+            loop {
+                match r.recv_timeout(Duration::from_secs(1)) {
+                    Ok(f) => {
+                        if frame_id(f.as_bytes()) != Some(f.seq()) {
+                            return BAD_FRAME;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return 0,
+                    Err(_) => return CORRUPTED,
+                }
+            }
+        }
+    });
+    let victim_pid = child.pid as u32;
+    // Once the victim runs, opening and attaching take some tens to hundreds of
+    // microseconds: kills spread over a little more than that land before, inside and after
+    // the attach (now and then before the victim even started).
+    // Opening (mapping and validating) takes longer than attaching, so most kills wait for
+    // the victim to have opened the ring first.
+    let wait_for = match rng.below(10) {
+        0 => 0,
+        1..=3 => 1,
+        _ => 2,
+    };
+    let t = Instant::now();
+    while phase.0.at(0).load(SeqCst) < wait_for {
+        assert!(t.elapsed() < BOUND, "attaching peer: never got there");
+        std::hint::spin_loop();
+    }
+    spin_us(rng.below(if wait_for == 2 { 8 } else { 600 }));
+    let killed = kill_victim(child, "attaching peer");
+    phase.record();
+    // The live reader checks every frame it gets (the victim writer's ones too).
+    let mut next = 0u64;
+    let mut drain = |live: &mut shmflow::Reader<u8>, wait: Duration| loop {
+        match live.recv_timeout(wait) {
+            Ok(f) => {
+                assert_eq!(
+                    frame_id(f.as_bytes()),
+                    Some(f.seq()),
+                    "live reader: torn frame"
+                );
+                assert_eq!(f.seq(), next, "live lossless reader: a gap");
+                next = f.seq() + 1;
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("live reader: {e:?}"),
+        }
+    };
+    let detect;
+    if victim_writes {
+        // A new writer must get the one writer place.
+        let mut nw = loop {
+            match ring.writer() {
+                Ok(nw) => break nw,
+                Err(e) => {
+                    assert!(
+                        killed.elapsed() < BOUND,
+                        "dead attaching writer's place not reclaimed in {BOUND:?}: {e:?}"
+                    );
+                    drain(&mut live, Duration::from_millis(1));
+                    ring.reclaim_dead_peers();
+                }
+            }
+        };
+        detect = killed.elapsed();
+        drain(&mut live, Duration::from_millis(1));
+        nw.set_liveness_interval(LIVENESS);
+        w = Some(nw);
+    } else {
+        // The writer goes on; the dead reader's entry (whole or half-made) goes away.
+        let w = w.as_mut().unwrap();
+        let mut found: Option<Duration> = None;
+        let mut after = 0;
+        while found.is_none() || after < 2 * SLOTS {
+            if found.is_none() {
+                if ring.status().readers.iter().all(|p| p.pid != victim_pid) {
+                    found = Some(killed.elapsed());
+                } else {
+                    assert!(
+                        killed.elapsed() < BOUND,
+                        "dead attaching reader not reclaimed in {BOUND:?}"
+                    );
+                }
+            }
+            match w.reserve_timeout(Duration::from_millis(2)) {
+                Ok(mut s) => {
+                    let seq = s.seq();
+                    fill_frame(seq, s.as_mut_bytes(), || {});
+                    s.commit();
+                    if found.is_some() {
+                        after += 1;
+                    }
+                }
+                Err(ReserveTimeoutError::Timeout) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+            drain(&mut live, Duration::from_micros(100));
+        }
+        detect = found.unwrap();
+    }
+    // The victim's place is free again: a second reader attaches, and a frame reaches both.
+    let mut r2 = ring
+        .reader()
+        .expect("a new reader attaches in the victim's place");
+    let w = w.as_mut().unwrap();
+    let mut s = w.reserve_timeout(BOUND).expect("slot for the last frame");
+    let seq = s.seq();
+    fill_frame(seq, s.as_mut_bytes(), || {});
+    s.commit();
+    let f = r2.recv_timeout(BOUND).expect("the new reader's frame");
+    assert_eq!((f.seq(), frame_id(f.as_bytes())), (seq, Some(seq)));
+    drop(f);
+    drain(&mut live, Duration::from_millis(5));
+    assert_eq!(next, seq + 1, "the live reader got every frame");
+    drop((r2, live));
+    drop(ring);
+    drop(guard);
+    assert!(!common::shm_path(&name).exists(), "segment left behind");
+    detect
+}
+
+const ROLES: [&str; 8] = [
+    "attaching-peer",
     "broadcast-writer",
     "broadcast-reader-block",
     "drop-oldest-reader",
@@ -1108,6 +1291,7 @@ fn main() {
                 unsafe { libc::alarm(WATCHDOG_S) };
                 let mut rng = Rng::new(seed ^ ((ri as u64) << 56) ^ mix(trial));
                 let d = match *role {
+                    "attaching-peer" => attaching(trial, &mut rng),
                     "broadcast-writer" => broadcast_writer(trial, &mut rng),
                     "broadcast-reader-block" => {
                         broadcast_reader(trial, &mut rng, Mode::Broadcast(Backpressure::Block))
@@ -1142,6 +1326,7 @@ fn main() {
                     "broadcast-writer" | "queue-writer" => Some(WRITER_PHASES),
                     "pool-worker" => Some(WORKER_PHASES),
                     "pool-parent" => Some(OWNER_COUNTS),
+                    "attaching-peer" => Some(ATTACH_PHASES),
                     _ => Some(READER_PHASES),
                 };
                 let kills = labels.map_or_else(String::new, |labels| {
