@@ -40,7 +40,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use common::{fork_child, unique_name, Child, Exit, RingGuard};
+use common::{children, fork_child, unique_name, Child, Exit, RingGuard, SharedCounters};
 use shmflow::process::WorkerPool;
 use shmflow::{
     Backpressure, ExitReason, Mode, PoolError, RecvTimeoutError, ReserveTimeoutError, Ring,
@@ -110,58 +110,6 @@ fn spin_us(us: u64) {
     spin_for(Duration::from_micros(us));
 }
 
-/// Words of anonymous shared memory, inherited by forked children: how victims report what
-/// they committed or read (a pipe could fill up and block them).
-struct SharedWords {
-    ptr: *mut AtomicU64,
-    len: usize,
-}
-
-// SAFETY: the mapping is only accessed through `AtomicU64`s, which are Sync.
-unsafe impl Sync for SharedWords {}
-// SAFETY: as above; the pointer is to a mapping owned by this value, not to thread-local data.
-unsafe impl Send for SharedWords {}
-
-impl SharedWords {
-    fn new(len: usize) -> SharedWords {
-        let bytes = len.max(1) * 8;
-        // SAFETY: an anonymous shared mapping (no fd, no address hint); the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        SharedWords { ptr: p.cast(), len }
-    }
-
-    fn at(&self, i: usize) -> &AtomicU64 {
-        assert!(i < self.len);
-        // SAFETY: `i` is in bounds; the mapping is page-aligned, zero-filled (a valid
-        // AtomicU64, which has the layout of u64), and lives as long as `self`; every access
-        // to it goes through atomics.
-        unsafe { &*self.ptr.add(i) }
-    }
-}
-
-impl Drop for SharedWords {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; no reference from `at` outlives
-        // `self`. An error cannot be handled here and is ignored.
-        unsafe { libc::munmap(self.ptr.cast(), self.len.max(1) * 8) };
-    }
-}
-
 /// Forks a victim: it dies with the test process (`PR_SET_PDEATHSIG`), so a failing or
 /// timed-out test leaves no process behind.
 fn victim(f: impl FnOnce() -> i32) -> Child {
@@ -206,17 +154,17 @@ static PHASES: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
 /// The victim's current phase, in shared memory: it stores the phase before each step, the
 /// parent reads it after the kill and counts it in [`PHASES`].
-struct Phase(SharedWords);
+struct Phase(SharedCounters);
 
 impl Phase {
     fn new() -> Phase {
-        Phase(SharedWords::new(1))
+        Phase(SharedCounters::new(1))
     }
     fn set(&self, p: u64) {
-        self.0.at(0).store(p, SeqCst);
+        self.0[0].store(p, SeqCst);
     }
     fn record(&self) {
-        let p = self.0.at(0).load(SeqCst) as usize;
+        let p = self.0[0].load(SeqCst) as usize;
         PHASES[p.min(PHASES.len() - 1)].fetch_add(1, SeqCst);
     }
 }
@@ -323,7 +271,7 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
     let mut reader = ring.reader().unwrap();
     reader.set_liveness_interval(LIVENESS);
     // [0] ready, [1] frames committed (commit returned)
-    let sh = SharedWords::new(2);
+    let sh = SharedCounters::new(2);
     let phase = Phase::new();
     let vseed = rng.next();
     let child = victim(|| {
@@ -331,7 +279,7 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
         let ring = Ring::<u8>::open(&name).unwrap();
         let mut w = ring.writer().unwrap();
         w.set_liveness_interval(LIVENESS);
-        sh.at(0).store(1, SeqCst);
+        sh[0].store(1, SeqCst);
         loop {
             phase.set(1);
             let mut s = w.reserve().unwrap();
@@ -342,10 +290,10 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
             phase.set(3);
             s.commit();
             phase.set(4);
-            sh.at(1).store(seq + 1, SeqCst);
+            sh[1].store(seq + 1, SeqCst);
         }
     });
-    wait_flag(sh.at(0), "writer");
+    wait_flag(&sh[0], "writer");
     let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
     let mut killed: Option<(Instant, u64)> = None;
@@ -355,7 +303,7 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
         if killed.is_none() && Instant::now() >= kill_at {
             let t = kill_victim(child.take().unwrap(), "broadcast writer");
             phase.record();
-            killed = Some((t, sh.at(1).load(SeqCst)));
+            killed = Some((t, sh[1].load(SeqCst)));
         }
         let timeout = if killed.is_some() {
             Duration::from_millis(20)
@@ -446,7 +394,7 @@ fn broadcast_reader(trial: u64, rng: &mut Rng, mode: Mode) -> Trial {
     let mut w = ring.writer().unwrap();
     w.set_liveness_interval(LIVENESS);
     // [0] ready
-    let sh = SharedWords::new(1);
+    let sh = SharedCounters::new(1);
     let phase = Phase::new();
     let vseed = rng.next();
     let child = victim(|| {
@@ -454,7 +402,7 @@ fn broadcast_reader(trial: u64, rng: &mut Rng, mode: Mode) -> Trial {
         let ring = Ring::<u8>::open(&name).unwrap();
         let mut r = ring.reader().unwrap();
         r.set_liveness_interval(LIVENESS);
-        sh.at(0).store(1, SeqCst);
+        sh[0].store(1, SeqCst);
         let mut next = 0u64;
         loop {
             phase.set(1);
@@ -482,7 +430,7 @@ fn broadcast_reader(trial: u64, rng: &mut Rng, mode: Mode) -> Trial {
             }
         }
     });
-    wait_flag(sh.at(0), "reader");
+    wait_flag(&sh[0], "reader");
     let victim_pid = child.pid as u32;
     let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
@@ -582,7 +530,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
     let mut w = ring.writer().unwrap();
     w.set_liveness_interval(LIVENESS);
     // [0] ready, [1..=N] times frame i-1 was read by the victim
-    let sh = SharedWords::new(N as usize + 1);
+    let sh = SharedCounters::new(N as usize + 1);
     let phase = Phase::new();
     let vseed = rng.next();
     let child = victim(|| {
@@ -590,7 +538,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
         let ring = Ring::<u8>::open(&name).unwrap();
         let mut r = ring.reader().unwrap();
         r.set_liveness_interval(LIVENESS);
-        sh.at(0).store(1, SeqCst);
+        sh[0].store(1, SeqCst);
         loop {
             phase.set(1);
             match r.recv_timeout(Duration::from_secs(1)) {
@@ -608,7 +556,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
                             return TORN_WHILE_HELD;
                         }
                     }
-                    sh.at(1 + id as usize).fetch_add(1, SeqCst);
+                    sh[1 + id as usize].fetch_add(1, SeqCst);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return 0,
@@ -616,7 +564,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
             }
         }
     });
-    wait_flag(sh.at(0), "queue reader");
+    wait_flag(&sh[0], "queue reader");
     let victim_pid = child.pid as u32;
     let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
@@ -682,7 +630,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
     assert!(lost <= 1, "lost {lost}: only the victim's frame may be");
     let mut missing = 0;
     for (id, mine) in seen.iter().enumerate() {
-        let n = mine + sh.at(1 + id).load(SeqCst);
+        let n = mine + sh[1 + id].load(SeqCst);
         assert!(n <= 1, "frame {id} read {n} times");
         missing += u64::from(n == 0);
     }
@@ -715,7 +663,7 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
     let mut reader = ring.reader().unwrap();
     reader.set_liveness_interval(LIVENESS);
     // [0] ready, [1] frames committed
-    let sh = SharedWords::new(2);
+    let sh = SharedCounters::new(2);
     let phase = Phase::new();
     let vseed = rng.next();
     let child = victim(|| {
@@ -723,7 +671,7 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
         let ring = Ring::<u8>::open(&name).unwrap();
         let mut w = ring.writer().unwrap();
         w.set_liveness_interval(LIVENESS);
-        sh.at(0).store(1, SeqCst);
+        sh[0].store(1, SeqCst);
         let mut id = 0u64;
         loop {
             phase.set(1);
@@ -735,10 +683,10 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
             s.commit();
             phase.set(4);
             id += 1;
-            sh.at(1).store(id, SeqCst);
+            sh[1].store(id, SeqCst);
         }
     });
-    wait_flag(sh.at(0), "queue writer");
+    wait_flag(&sh[0], "queue writer");
     let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
     let mut killed: Option<(Instant, u64)> = None;
@@ -747,7 +695,7 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
         if killed.is_none() && Instant::now() >= kill_at {
             let t = kill_victim(child.take().unwrap(), "queue writer");
             phase.record();
-            killed = Some((t, sh.at(1).load(SeqCst)));
+            killed = Some((t, sh[1].load(SeqCst)));
         }
         let timeout = if killed.is_some() {
             Duration::from_millis(20)
@@ -802,10 +750,10 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
 /// The task of the pool roles: a busy wait of 50..450 µs, recorded in shared memory (worker
 /// `w`: word `2w` = the index + 1 of the task it started last, `2w + 1` of the one it
 /// finished last).
-fn pool_task(rec: &'static SharedWords, w: usize, x: u64) -> u64 {
-    rec.at(2 * w).store(x + 1, SeqCst);
+fn pool_task(rec: &'static SharedCounters, w: usize, x: u64) -> u64 {
+    rec[2 * w].store(x + 1, SeqCst);
     spin_us(50 + mix(x) % 400);
-    rec.at(2 * w + 1).store(x + 1, SeqCst);
+    rec[2 * w + 1].store(x + 1, SeqCst);
     mix(x)
 }
 
@@ -814,14 +762,14 @@ fn pool_task(rec: &'static SharedWords, w: usize, x: u64) -> u64 {
 /// serves all trials.
 struct PoolWorkerRole {
     pool: WorkerPool<shmflow::process::FnTaskOf<u64, u64, (), (), PoolFn>>,
-    rec: &'static SharedWords,
+    rec: &'static SharedCounters,
 }
 
 type PoolFn = Box<dyn Fn(&mut (), &shmflow::process::WorkerInfo, u64) -> u64 + Send + Sync>;
 
 impl PoolWorkerRole {
     fn new() -> PoolWorkerRole {
-        let rec: &'static SharedWords = Box::leak(Box::new(SharedWords::new(4)));
+        let rec: &'static SharedCounters = Box::leak(Box::new(SharedCounters::new(4)));
         let f: PoolFn = Box::new(move |_: &mut (), w, x| pool_task(rec, w.id, x));
         let pool = WorkerPool::builder()
             .workers(2)
@@ -853,8 +801,8 @@ impl PoolWorkerRole {
                     let t = Instant::now();
                     while t.elapsed() < Duration::from_millis(5) {
                         let (s, f) = (
-                            self.rec.at(2 * id).load(SeqCst),
-                            self.rec.at(2 * id + 1).load(SeqCst),
+                            self.rec[2 * id].load(SeqCst),
+                            self.rec[2 * id + 1].load(SeqCst),
                         );
                         if s > base && s != f {
                             break;
@@ -874,8 +822,8 @@ impl PoolWorkerRole {
                     std::hint::spin_loop();
                 }
                 record = (
-                    self.rec.at(2 * id).load(SeqCst),
-                    self.rec.at(2 * id + 1).load(SeqCst),
+                    self.rec[2 * id].load(SeqCst),
+                    self.rec[2 * id + 1].load(SeqCst),
                 );
             }
             if let (Some(t), None) = (killed, detect) {
@@ -942,7 +890,7 @@ impl PoolWorkerRole {
 /// bound; its status segment is left for `shmflow gc`, which removes it (here: by name).
 fn pool_parent(_trial: u64, rng: &mut Rng) -> Trial {
     // [0] ready, [1], [2] worker pids
-    let sh = SharedWords::new(3);
+    let sh = SharedCounters::new(3);
     let child = victim(|| {
         let pool = WorkerPool::builder()
             .workers(2)
@@ -954,16 +902,16 @@ fn pool_parent(_trial: u64, rng: &mut Rng) -> Trial {
             .expect("pool in the victim");
         pool.start().expect("workers ready");
         for (k, i) in pool.insights().iter().enumerate() {
-            sh.at(1 + k).store(u64::from(i.pid), SeqCst);
+            sh[1 + k].store(u64::from(i.pid), SeqCst);
         }
-        sh.at(0).store(1, SeqCst);
+        sh[0].store(1, SeqCst);
         loop {
             let _ = pool.map(0..50u64);
         }
     });
     let owner = child.pid as u32;
-    wait_flag(sh.at(0), "pool parent");
-    let workers = [sh.at(1).load(SeqCst) as u32, sh.at(2).load(SeqCst) as u32];
+    wait_flag(&sh[0], "pool parent");
+    let workers = [sh[1].load(SeqCst) as u32, sh[2].load(SeqCst) as u32];
     assert!(workers.iter().all(|&p| p != 0));
     spin_us(rng.below(MAX_KILL_DELAY_US));
     let t = kill_victim(child, "pool parent");
@@ -1078,7 +1026,7 @@ fn attaching(trial: u64, rng: &mut Rng) -> Trial {
         _ => 2,
     };
     let t = Instant::now();
-    while phase.0.at(0).load(SeqCst) < wait_for {
+    while phase.0[0].load(SeqCst) < wait_for {
         assert!(t.elapsed() < BOUND, "attaching peer: never got there");
         std::hint::spin_loop();
     }
@@ -1228,20 +1176,6 @@ extern "C" fn on_alarm(_: libc::c_int) {
 fn median_max(v: &mut [Duration]) -> (Duration, Duration) {
     v.sort_unstable();
     (v[v.len() / 2], v[v.len() - 1])
-}
-
-fn children() -> Vec<u32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
-            (ppid == me).then_some(pid)
-        })
-        .collect()
 }
 
 fn main() {

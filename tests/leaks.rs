@@ -16,7 +16,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{fork_child, Pipe};
+use common::{children, fork_child, Pipe};
 use shmflow::process::WorkerPool;
 use shmflow::{AttachError, Backpressure, CreateError, Mode, OpenError, Ring};
 
@@ -59,22 +59,6 @@ fn holdings(prefix: &str) -> Holdings {
         children: children(),
         segments: segments(prefix),
     }
-}
-
-/// This process's children, alive or zombie, from `/proc/*/stat`.
-fn children() -> BTreeSet<u32> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .expect("read /proc")
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // Field 4 (after the parenthesised name, which may contain spaces) is the ppid.
-            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
-            (ppid == me).then_some(pid)
-        })
-        .collect()
 }
 
 /// Entries of `/dev/shm` whose name contains `prefix`.

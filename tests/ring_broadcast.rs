@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
@@ -24,62 +23,6 @@ fn tag_of(seq: u64) -> u64 {
 }
 
 // ------------------------------------------------------------------ helpers
-
-/// Counters shared between the parent and its forked children (an anonymous shared mapping made
-/// before the fork).
-struct SharedCounters {
-    ptr: NonNull<AtomicU64>,
-    len: usize,
-}
-
-impl SharedCounters {
-    fn new(len: usize) -> Self {
-        let bytes = len * std::mem::size_of::<AtomicU64>();
-        // SAFETY: a fresh anonymous shared mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        SharedCounters {
-            ptr: NonNull::new(p as *mut AtomicU64).unwrap(),
-            len,
-        }
-    }
-}
-
-impl std::ops::Deref for SharedCounters {
-    type Target = [AtomicU64];
-    fn deref(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping holds `len` zero-initialised, page-aligned u64s for as long as
-        // `self` lives; AtomicU64 is valid for any bit pattern and only accessed atomically.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for SharedCounters {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the mapping made in `new`, which nothing borrows any more. An error
-        // is ignored: there is nothing to do about it in a destructor.
-        unsafe {
-            libc::munmap(
-                self.ptr.as_ptr() as *mut libc::c_void,
-                self.len * std::mem::size_of::<AtomicU64>(),
-            )
-        };
-    }
-}
 
 fn make_ring(name: &str, bp: Backpressure, slots: u32, readers: u32) -> Ring<u8> {
     Ring::<u8>::create(name)

@@ -240,3 +240,80 @@ pub fn kill_and_reap(mut child: Child) {
         Exit::Signal(libc::SIGKILL)
     );
 }
+
+/// `u64` counters shared between the parent and its forked children: an anonymous shared
+/// mapping made before the fork (a pipe could fill up and block a child that reports through
+/// it). Indexes like a slice of `AtomicU64`.
+pub struct SharedCounters {
+    ptr: std::ptr::NonNull<AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the mapping is only accessed through `AtomicU64`s, which are Sync.
+unsafe impl Sync for SharedCounters {}
+// SAFETY: as above; the pointer is to a mapping owned by this value, not to thread-local data.
+unsafe impl Send for SharedCounters {}
+
+impl SharedCounters {
+    pub fn new(len: usize) -> SharedCounters {
+        // SAFETY: a fresh anonymous shared mapping (no fd, no address hint); no existing
+        // memory is affected, and the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::bytes(len),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        SharedCounters {
+            ptr: std::ptr::NonNull::new(p.cast()).unwrap(),
+            len,
+        }
+    }
+
+    fn bytes(len: usize) -> usize {
+        len.max(1) * std::mem::size_of::<AtomicU64>()
+    }
+}
+
+impl std::ops::Deref for SharedCounters {
+    type Target = [AtomicU64];
+    fn deref(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping holds `len` zero-initialised, page-aligned u64s for as long as
+        // `self` lives; AtomicU64 is valid for any bit pattern and only accessed atomically.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedCounters {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `new`, which nothing borrows any more. An error
+        // is ignored: there is nothing to do about it in a destructor.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), Self::bytes(self.len)) };
+    }
+}
+
+/// This process's children, alive or zombie, from `/proc/*/stat`.
+pub fn children() -> std::collections::BTreeSet<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Field 4 (after the parenthesised name, which may contain spaces) is the ppid.
+            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
+            (ppid == me).then_some(pid)
+        })
+        .collect()
+}
