@@ -256,6 +256,33 @@ const CORRUPTED: i32 = 6;
 /// What one trial measured.
 type Trial = Duration;
 
+/// Forks a writer victim for the writer roles: it attaches to ring `name`, sets `sh[0]`, then
+/// reserves, fills (frame id = how many frames it committed before, which is also the frame's
+/// sequence number in a fresh ring; pausing now and then mid-write) and commits frames until
+/// it is killed, storing the count of committed frames in `sh[1]` after each commit.
+fn writer_victim(name: &str, vseed: u64, sh: &SharedCounters, phase: &Phase) -> Child {
+    victim(|| {
+        let mut rng = Rng::new(vseed);
+        let ring = Ring::<u8>::open(name).unwrap();
+        let mut w = ring.writer().unwrap();
+        w.set_liveness_interval(LIVENESS);
+        sh[0].store(1, SeqCst);
+        let mut id = 0u64;
+        loop {
+            phase.set(1);
+            let mut s = w.reserve().unwrap();
+            phase.set(2);
+            let pause = if rng.chance(20) { rng.below(300) } else { 0 };
+            fill_frame(id, s.as_mut_bytes(), || spin_us(pause));
+            phase.set(3);
+            s.commit();
+            phase.set(4);
+            id += 1;
+            sh[1].store(id, SeqCst);
+        }
+    })
+}
+
 /// A broadcast writer is killed; the reader (in this process) drains exactly the committed
 /// frames, then gets `Disconnected`; a new writer attaches and a frame goes through.
 fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
@@ -274,25 +301,7 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
     let sh = SharedCounters::new(2);
     let phase = Phase::new();
     let vseed = rng.next();
-    let child = victim(|| {
-        let mut rng = Rng::new(vseed);
-        let ring = Ring::<u8>::open(&name).unwrap();
-        let mut w = ring.writer().unwrap();
-        w.set_liveness_interval(LIVENESS);
-        sh[0].store(1, SeqCst);
-        loop {
-            phase.set(1);
-            let mut s = w.reserve().unwrap();
-            phase.set(2);
-            let seq = s.seq();
-            let pause = if rng.chance(20) { rng.below(300) } else { 0 };
-            fill_frame(seq, s.as_mut_bytes(), || spin_us(pause));
-            phase.set(3);
-            s.commit();
-            phase.set(4);
-            sh[1].store(seq + 1, SeqCst);
-        }
-    });
+    let child = writer_victim(&name, vseed, &sh, &phase);
     wait_flag(&sh[0], "writer");
     let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
@@ -666,26 +675,7 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
     let sh = SharedCounters::new(2);
     let phase = Phase::new();
     let vseed = rng.next();
-    let child = victim(|| {
-        let mut rng = Rng::new(vseed);
-        let ring = Ring::<u8>::open(&name).unwrap();
-        let mut w = ring.writer().unwrap();
-        w.set_liveness_interval(LIVENESS);
-        sh[0].store(1, SeqCst);
-        let mut id = 0u64;
-        loop {
-            phase.set(1);
-            let mut s = w.reserve().unwrap();
-            phase.set(2);
-            let pause = if rng.chance(20) { rng.below(300) } else { 0 };
-            fill_frame(id, s.as_mut_bytes(), || spin_us(pause));
-            phase.set(3);
-            s.commit();
-            phase.set(4);
-            id += 1;
-            sh[1].store(id, SeqCst);
-        }
-    });
+    let child = writer_victim(&name, vseed, &sh, &phase);
     wait_flag(&sh[0], "queue writer");
     let kill_at = Instant::now() + ring_kill_delay(rng);
     let mut child = Some(child);
