@@ -72,7 +72,8 @@
 //! bounded; the process-shared semaphores' words are checked before the C library sees them.
 //! A corrupted or hostile segment gives an error, not a panic or an out-of-bounds view
 //! (`tests/ring_hostile.rs` and the fuzz target in `fuzz/` check this on arbitrary bytes). [`Element`] is an `unsafe trait` because a reader reinterprets
-//! another process's bytes as `T`: only types where every bit pattern is valid qualify.
+//! another process's bytes as `T`: only types where every bit pattern is valid qualify; that an
+//! implementation has the size and alignment of its dtype is checked at compile time.
 //!
 //! Segments are created `0600` (owner only) by default. The creator unlinks the segment when
 //! its last handle is dropped, unless [`Ring::release_ownership`] is called.
