@@ -80,7 +80,7 @@ impl HeapRing {
     }
     /// Broadcast reader acquire.
     pub fn bcast_try_acquire(&self, r: usize) -> Option<G> {
-        self.shared.bcast_try_acquire(r).map(tuple)
+        self.shared.bcast_try_acquire1(r).map(tuple)
     }
     /// Broadcast reader release.
     pub fn bcast_release(&self, r: usize, g: G) {

@@ -168,17 +168,34 @@ pub enum AttachError {
         /// The ring's `max_writers`.
         max: u32,
     },
-    /// Another process reclaimed this endpoint's entry while it was attaching: it judged this
-    /// process dead (processes in different pid namespaces cannot check each other's liveness).
-    #[error("another process reclaimed this endpoint's entry while it attached (are the processes in different pid namespaces?)")]
+    /// Another process reclaimed this endpoint's entry while it was attaching: it found the
+    /// entry's liveness lock free (a bug, or a process that does not follow the protocol).
+    #[error("another process reclaimed this endpoint's entry while it attached")]
     Reclaimed,
-    /// Setting up the reader's doorbell socket or reading `/proc` failed.
+    /// The [`Ring`](crate::Ring) handle was opened by another process (it was inherited
+    /// through `fork`): endpoints must be attached by the process that uses them.
+    #[error("this ring handle was opened by process {owner}: open the ring after the fork, in the process that uses it (e.g. in worker_init)")]
+    WrongProcess {
+        /// The process that opened the handle.
+        owner: u32,
+    },
+    /// `max_held` must be at least 1 and at most the limit (slots - 1; 16 for readers that
+    /// pin their frames: drop-oldest rings and lossy readers).
+    #[error("a reader of this ring may hold 1 to {max} frames at once, {requested} requested")]
+    MaxHeld {
+        /// What was asked for.
+        requested: u32,
+        /// The largest value this ring and reader kind allow.
+        max: u32,
+    },
+    /// Setting up the reader's doorbell, the liveness lock, or reading `/proc` failed.
     #[error("could not attach to the ring")]
     Io(#[source] io::Error),
 }
 
 /// [`Writer::try_reserve`](crate::Writer::try_reserve) could not reserve a slot now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TryReserveError {
     /// No slot is free: the queue is full, the slowest reader of a lossless ring has not
     /// released the oldest frame, or (drop-oldest) readers hold every slot.
@@ -187,18 +204,39 @@ pub enum TryReserveError {
     /// 2^48 frames have been written to this ring; create a new one.
     #[error("the ring's sequence numbers are exhausted (2^48 frames)")]
     Exhausted,
+    /// This writer's previous [`WriteSlot`](crate::WriteSlot) is still alive: commit or drop
+    /// it first (a writer fills one frame at a time).
+    #[error("this writer already has a reserved slot: commit or drop it first")]
+    AlreadyReserved,
+    /// The writer was attached by another process (it was inherited through `fork`).
+    #[error("this writer belongs to process {owner}: open the ring after the fork, in the process that uses it (e.g. in worker_init)")]
+    WrongProcess {
+        /// The process that attached it.
+        owner: u32,
+    },
 }
 
 /// [`Writer::reserve`](crate::Writer::reserve) failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReserveError {
     /// 2^48 frames have been written to this ring; create a new one.
     #[error("the ring's sequence numbers are exhausted (2^48 frames)")]
     Exhausted,
+    /// This writer's previous [`WriteSlot`](crate::WriteSlot) is still alive.
+    #[error("this writer already has a reserved slot: commit or drop it first")]
+    AlreadyReserved,
+    /// The writer was attached by another process (it was inherited through `fork`).
+    #[error("this writer belongs to process {owner}: open the ring after the fork, in the process that uses it (e.g. in worker_init)")]
+    WrongProcess {
+        /// The process that attached it.
+        owner: u32,
+    },
 }
 
 /// [`Writer::reserve_timeout`](crate::Writer::reserve_timeout) failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReserveTimeoutError {
     /// No slot became free before the timeout.
     #[error("timed out waiting for a free slot")]
@@ -206,6 +244,15 @@ pub enum ReserveTimeoutError {
     /// 2^48 frames have been written to this ring; create a new one.
     #[error("the ring's sequence numbers are exhausted (2^48 frames)")]
     Exhausted,
+    /// This writer's previous [`WriteSlot`](crate::WriteSlot) is still alive.
+    #[error("this writer already has a reserved slot: commit or drop it first")]
+    AlreadyReserved,
+    /// The writer was attached by another process (it was inherited through `fork`).
+    #[error("this writer belongs to process {owner}: open the ring after the fork, in the process that uses it (e.g. in worker_init)")]
+    WrongProcess {
+        /// The process that attached it.
+        owner: u32,
+    },
 }
 
 impl TryReserveError {
@@ -219,19 +266,43 @@ impl From<ReserveError> for ReserveTimeoutError {
     fn from(e: ReserveError) -> Self {
         match e {
             ReserveError::Exhausted => ReserveTimeoutError::Exhausted,
+            ReserveError::AlreadyReserved => ReserveTimeoutError::AlreadyReserved,
+            ReserveError::WrongProcess { owner } => ReserveTimeoutError::WrongProcess { owner },
         }
     }
 }
 
+/// [`Writer::send`](crate::Writer::send) failed; nothing was published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The array's shape does not fit the ring (wrong rank, or larger than the max shape).
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    /// No slot could be reserved.
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+}
+
 /// [`Reader::try_recv`](crate::Reader::try_recv) returned no frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TryRecvError {
     /// No frame is ready now.
     #[error("no frame is ready")]
     Empty,
-    /// Every frame has been read and no writer is attached any more (it detached or died).
-    #[error("the ring is disconnected: no writer is attached and every frame has been read")]
+    /// Every frame has been read and the writer detached cleanly (the stream ended).
+    #[error("the ring is disconnected: the writer detached and every frame has been read")]
     Disconnected,
+    /// Every frame has been read and the writer died (it was found dead and reclaimed):
+    /// the stream ended abnormally.
+    #[error("the writer (pid {pid}) died after {frames} frames; every committed frame has been read")]
+    WriterDied {
+        /// The dead writer's pid (in its own pid namespace).
+        pid: u32,
+        /// Frames the ring had committed when it was found dead.
+        frames: u64,
+    },
     /// The frame with this sequence number had invalid metadata (shape or length) and was
     /// skipped. Only a misbehaving writer produces this.
     #[error("frame {seq} had invalid metadata and was skipped")]
@@ -239,36 +310,91 @@ pub enum TryRecvError {
         /// The skipped frame.
         seq: u64,
     },
+    /// The reader already holds `max_held` frames: drop one (copy what you keep, e.g. with
+    /// `to_owned()`), or attach with a larger `max_held`.
+    #[error("this reader already holds {max_held} frame(s), its max_held: drop a frame first (copy data you keep with .to_owned()), or attach with a larger max_held")]
+    TooManyHeld {
+        /// The reader's limit.
+        max_held: u32,
+    },
+    /// The reader was attached by another process (it was inherited through `fork`).
+    #[error("this reader belongs to process {owner}: open the ring after the fork, in the process that uses it (e.g. in worker_init)")]
+    WrongProcess {
+        /// The process that attached it.
+        owner: u32,
+    },
 }
 
 /// [`Reader::recv`](crate::Reader::recv) returned no frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecvError {
-    /// Every frame has been read and no writer is attached any more (it detached or died).
-    #[error("the ring is disconnected: no writer is attached and every frame has been read")]
+    /// Every frame has been read and the writer detached cleanly (the stream ended).
+    #[error("the ring is disconnected: the writer detached and every frame has been read")]
     Disconnected,
+    /// Every frame has been read and the writer died.
+    #[error("the writer (pid {pid}) died after {frames} frames; every committed frame has been read")]
+    WriterDied {
+        /// The dead writer's pid (in its own pid namespace).
+        pid: u32,
+        /// Frames the ring had committed when it was found dead.
+        frames: u64,
+    },
     /// The frame with this sequence number had invalid metadata and was skipped.
     #[error("frame {seq} had invalid metadata and was skipped")]
     Corrupted {
         /// The skipped frame.
         seq: u64,
     },
+    /// The reader already holds `max_held` frames (see [`TryRecvError::TooManyHeld`]).
+    #[error("this reader already holds {max_held} frame(s), its max_held: drop a frame first (copy data you keep with .to_owned()), or attach with a larger max_held")]
+    TooManyHeld {
+        /// The reader's limit.
+        max_held: u32,
+    },
+    /// The reader was attached by another process (it was inherited through `fork`).
+    #[error("this reader belongs to process {owner}: open the ring after the fork, in the process that uses it (e.g. in worker_init)")]
+    WrongProcess {
+        /// The process that attached it.
+        owner: u32,
+    },
 }
 
 /// [`Reader::recv_timeout`](crate::Reader::recv_timeout) returned no frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecvTimeoutError {
     /// No frame arrived before the timeout.
     #[error("timed out waiting for a frame")]
     Timeout,
-    /// Every frame has been read and no writer is attached any more (it detached or died).
-    #[error("the ring is disconnected: no writer is attached and every frame has been read")]
+    /// Every frame has been read and the writer detached cleanly (the stream ended).
+    #[error("the ring is disconnected: the writer detached and every frame has been read")]
     Disconnected,
+    /// Every frame has been read and the writer died.
+    #[error("the writer (pid {pid}) died after {frames} frames; every committed frame has been read")]
+    WriterDied {
+        /// The dead writer's pid (in its own pid namespace).
+        pid: u32,
+        /// Frames the ring had committed when it was found dead.
+        frames: u64,
+    },
     /// The frame with this sequence number had invalid metadata and was skipped.
     #[error("frame {seq} had invalid metadata and was skipped")]
     Corrupted {
         /// The skipped frame.
         seq: u64,
+    },
+    /// The reader already holds `max_held` frames (see [`TryRecvError::TooManyHeld`]).
+    #[error("this reader already holds {max_held} frame(s), its max_held: drop a frame first (copy data you keep with .to_owned()), or attach with a larger max_held")]
+    TooManyHeld {
+        /// The reader's limit.
+        max_held: u32,
+    },
+    /// The reader was attached by another process (it was inherited through `fork`).
+    #[error("this reader belongs to process {owner}: open the ring after the fork, in the process that uses it (e.g. in worker_init)")]
+    WrongProcess {
+        /// The process that attached it.
+        owner: u32,
     },
 }
 
@@ -277,9 +403,20 @@ impl TryRecvError {
     pub fn is_empty(&self) -> bool {
         matches!(self, TryRecvError::Empty)
     }
-    /// True for [`TryRecvError::Disconnected`].
+    /// True when the stream is over: [`TryRecvError::Disconnected`] or
+    /// [`TryRecvError::WriterDied`].
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, TryRecvError::Disconnected)
+        matches!(
+            self,
+            TryRecvError::Disconnected | TryRecvError::WriterDied { .. }
+        )
+    }
+}
+
+impl RecvError {
+    /// True when the stream is over: [`RecvError::Disconnected`] or [`RecvError::WriterDied`].
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, RecvError::Disconnected | RecvError::WriterDied { .. })
     }
 }
 
@@ -288,9 +425,13 @@ impl RecvTimeoutError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, RecvTimeoutError::Timeout)
     }
-    /// True for [`RecvTimeoutError::Disconnected`].
+    /// True when the stream is over: [`RecvTimeoutError::Disconnected`] or
+    /// [`RecvTimeoutError::WriterDied`].
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, RecvTimeoutError::Disconnected)
+        matches!(
+            self,
+            RecvTimeoutError::Disconnected | RecvTimeoutError::WriterDied { .. }
+        )
     }
 }
 
@@ -298,7 +439,10 @@ impl From<RecvError> for RecvTimeoutError {
     fn from(e: RecvError) -> Self {
         match e {
             RecvError::Disconnected => RecvTimeoutError::Disconnected,
+            RecvError::WriterDied { pid, frames } => RecvTimeoutError::WriterDied { pid, frames },
             RecvError::Corrupted { seq } => RecvTimeoutError::Corrupted { seq },
+            RecvError::TooManyHeld { max_held } => RecvTimeoutError::TooManyHeld { max_held },
+            RecvError::WrongProcess { owner } => RecvTimeoutError::WrongProcess { owner },
         }
     }
 }
@@ -307,7 +451,10 @@ impl From<RecvError> for TryRecvError {
     fn from(e: RecvError) -> Self {
         match e {
             RecvError::Disconnected => TryRecvError::Disconnected,
+            RecvError::WriterDied { pid, frames } => TryRecvError::WriterDied { pid, frames },
             RecvError::Corrupted { seq } => TryRecvError::Corrupted { seq },
+            RecvError::TooManyHeld { max_held } => TryRecvError::TooManyHeld { max_held },
+            RecvError::WrongProcess { owner } => TryRecvError::WrongProcess { owner },
         }
     }
 }

@@ -581,7 +581,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
     let mut detect: Option<Duration> = None;
     let mut written = 0u64;
     let mut seen = vec![0u64; N as usize];
-    let take = |f: shmflow::ReadSlot<'_, u8>, seen: &mut Vec<u64>| {
+    let take = |f: shmflow::ReadSlot<u8>, seen: &mut Vec<u64>| {
         let id = frame_id(f.as_bytes()).expect("live queue reader: torn frame");
         assert!(id < N);
         seen[id as usize] += 1;

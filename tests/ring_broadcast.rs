@@ -51,14 +51,14 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn write_frame(slot: &mut shmflow::WriteSlot<'_, u8>) {
+fn write_frame(slot: &mut shmflow::WriteSlot<u8>) {
     let seq = slot.seq();
     fill(seq, slot.as_mut_bytes());
     slot.set_tag(tag_of(seq));
 }
 
 /// Checks one received frame's shape, tag and contents.
-fn check_frame(who: &str, f: &shmflow::ReadSlot<'_, u8>) {
+fn check_frame(who: &str, f: &shmflow::ReadSlot<u8>) {
     assert_eq!(f.shape(), &SHAPE[..], "{who}: frame {} shape", f.seq());
     assert_eq!(f.tag(), tag_of(f.seq()), "{who}: frame {} tag", f.seq());
     assert!(

@@ -264,8 +264,8 @@ fn try_reserve_on_full_queue_returns_full_immediately() {
 
     // This process takes frame 0 and holds it: the queue is still full.
     let mut reader = ring.reader().unwrap();
+    let f = reader.try_recv().unwrap();
     {
-        let f = reader.try_recv().unwrap();
         assert_eq!((f.seq(), f.tag()), (0, 0));
         assert!(check(0, f.as_bytes()));
     }
@@ -290,7 +290,7 @@ fn try_reserve_on_full_queue_returns_full_immediately() {
     .join_ok();
 
     // Released: one slot is free again, and only one.
-    reader.release();
+    drop(f);
     let n = name.clone();
     fork_child(move || {
         let mut w = Ring::<u8>::open(&n).unwrap().writer().unwrap();

@@ -248,9 +248,6 @@ impl Backend for Peer {
                         }
                     }
                     n += got;
-                    // Hand the last frame back now: a queue writer would otherwise stall a
-                    // lap later on the slot this reader keeps until its next recv.
-                    r.release();
                     ctx.reply(&PeerMsg::Done(got, ok))?;
                 }
                 std::hint::black_box(acc);

@@ -353,7 +353,7 @@ impl Backend for Preview {
             let Ok(f) = r.recv() else { break };
             p.last_mean = analyse(f.as_bytes(), h, w, None);
             p.shown += 1;
-            r.release();
+            drop(f);
             std::thread::sleep(period);
         }
         p.missed = r.missed();

@@ -472,26 +472,27 @@ pub fn run_sub(a: SubArgs) -> CliResult {
     })
 }
 
-enum Event<'r, T: Element> {
-    Frame(ReadSlot<'r, T>),
+enum Event<T: Element> {
+    Frame(ReadSlot<T>),
     Corrupted(u64),
     Timeout,
     Disconnected,
+    WriterDied { pid: u32 },
+    Failed(String),
 }
 
-fn next<T: Element>(reader: &mut Reader<T>, wait: Option<Duration>) -> Event<'_, T> {
+fn next<T: Element>(reader: &mut Reader<T>, wait: Option<Duration>) -> Event<T> {
     let r = match wait {
         Some(w) => reader.recv_timeout(w),
-        None => reader.recv().map_err(|e| match e {
-            shmflow::RecvError::Disconnected => RecvTimeoutError::Disconnected,
-            shmflow::RecvError::Corrupted { seq } => RecvTimeoutError::Corrupted { seq },
-        }),
+        None => reader.recv().map_err(RecvTimeoutError::from),
     };
     match r {
         Ok(s) => Event::Frame(s),
         Err(RecvTimeoutError::Timeout) => Event::Timeout,
         Err(RecvTimeoutError::Disconnected) => Event::Disconnected,
+        Err(RecvTimeoutError::WriterDied { pid, .. }) => Event::WriterDied { pid },
         Err(RecvTimeoutError::Corrupted { seq }) => Event::Corrupted(seq),
+        Err(e) => Event::Failed(e.to_string()),
     }
 }
 
@@ -523,6 +524,8 @@ fn subscribe<T: Element>(mut reader: Reader<T>, mode: SubMode, a: &SubArgs) -> C
     let mut total = Tally::default();
     let mut interval = Tally::default();
     let mut corrupted: Option<(u64, u64)> = None; // (count, first seq)
+    let mut last_seq: Option<u64> = None;
+    let mut died: Option<u32> = None;
     while total.frames < limit {
         let now = Instant::now();
         let mut wait = a
@@ -535,6 +538,7 @@ fn subscribe<T: Element>(mut reader: Reader<T>, mode: SubMode, a: &SubArgs) -> C
         match next(&mut reader, wait) {
             Event::Frame(frame) => {
                 last_frame = Instant::now();
+                last_seq = Some(frame.seq());
                 let bytes = frame.as_bytes();
                 for t in [&mut total, &mut interval] {
                     t.frames += 1;
@@ -558,6 +562,11 @@ fn subscribe<T: Element>(mut reader: Reader<T>, mode: SubMode, a: &SubArgs) -> C
                 c.0 += 1;
             }
             Event::Disconnected => break,
+            Event::WriterDied { pid } => {
+                died = Some(pid);
+                break;
+            }
+            Event::Failed(e) => return Err(Failure::new(format!("ring {name:?}: {e}"))),
             Event::Timeout => {}
         }
         let now = Instant::now();
@@ -594,6 +603,13 @@ fn subscribe<T: Element>(mut reader: Reader<T>, mode: SubMode, a: &SubArgs) -> C
     }
     if mode == SubMode::Stats {
         print_stats(&mut out, 0.0, started.elapsed().as_secs_f64(), &total, true)?;
+    }
+    if let Some(pid) = died {
+        // A crashed publisher is not a finished stream: say so, and exit 1.
+        return Err(Failure::new(match last_seq {
+            Some(seq) => format!("publisher pid {pid} died after frame {seq}"),
+            None => format!("publisher pid {pid} died before this subscriber got a frame"),
+        }));
     }
     if let Some((n, seq)) = corrupted {
         return Err(Failure::new(format!(

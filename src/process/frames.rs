@@ -41,6 +41,15 @@ pub enum FrameError {
     /// The input ring has no writer any more and the frame was never written.
     #[error("the input ring is disconnected")]
     Disconnected,
+    /// The input ring's writer died before it wrote the frame.
+    #[error("the input ring's writer (pid {pid}) died")]
+    WriterDied {
+        /// The writer's pid.
+        pid: u32,
+    },
+    /// The worker's reader failed otherwise (the message says how).
+    #[error("the input ring's reader failed: {0}")]
+    Reader(String),
     /// No frame arrived within the pool's frame wait (see `frame_wait`).
     #[error("no frame arrived within {0:?}")]
     Timeout(Duration),
@@ -52,7 +61,7 @@ pub struct FrameState<T: Element, U: Element, S> {
     pub user: S,
     reader: Reader<T, IxDyn>,
     writer: Option<Writer<U, IxDyn>>,
-    /// The frame the reader holds: lazily released by the next recv.
+    /// The next frame the reader returns.
     next: u64,
 }
 
@@ -67,7 +76,7 @@ impl<T: Element, U: Element, S> std::fmt::Debug for FrameState<T, U, S> {
 type InitFn<S> = std::sync::Arc<dyn Fn(&WorkerInfo) -> S + Send + Sync>;
 
 type FrameFn<T, U, S, R> =
-    dyn Fn(&mut S, &WorkerInfo, &ReadSlot<'_, T, IxDyn>, Option<&mut WriteSlot<'_, U, IxDyn>>) -> R;
+    dyn Fn(&mut S, &WorkerInfo, &ReadSlot<T, IxDyn>, Option<&mut WriteSlot<U, IxDyn>>) -> R;
 
 /// The [`Task`] of a frame pool.
 pub struct FrameTask<T: Element, U: Element, S, R> {
@@ -119,11 +128,9 @@ where
     }
 
     fn call(&self, state: &mut Self::State, w: &WorkerInfo, seq: u64) -> Self::Output {
-        let r = self.frame(state, w, seq);
-        // Release the input frame now rather than at the next task: a lossless producer may
-        // be waiting for this worker's cursor, and the next task may be a long time coming.
-        state.reader.release();
-        r
+        // The input frame is released when its guard drops inside `frame`, before the reply:
+        // a lossless producer may be waiting for this worker's cursor.
+        self.frame(state, w, seq)
     }
 
     fn exit(&self, state: Self::State, _w: &WorkerInfo) {
@@ -156,10 +163,14 @@ where
                 Err(RecvTimeoutError::Disconnected) => return Err(FrameError::Disconnected),
                 Err(RecvTimeoutError::Timeout) => return Err(FrameError::Timeout(self.wait)),
                 Err(RecvTimeoutError::Corrupted { .. }) => continue,
+                Err(RecvTimeoutError::WriterDied { pid, .. }) => {
+                    return Err(FrameError::WriterDied { pid })
+                }
+                Err(e) => return Err(FrameError::Reader(e.to_string())),
             };
             state.next = frame.seq() + 1;
             if frame.seq() < seq {
-                continue; // another worker's frame: skip it (it is released by the next recv)
+                continue; // another worker's frame: skip it (released as `frame` drops)
             }
             if frame.seq() > seq {
                 return Err(FrameError::Gone { next: frame.seq() });
@@ -219,8 +230,8 @@ where
         F: Fn(
                 &mut S,
                 &WorkerInfo,
-                &ReadSlot<'_, T, IxDyn>,
-                Option<&mut WriteSlot<'_, U, IxDyn>>,
+                &ReadSlot<T, IxDyn>,
+                Option<&mut WriteSlot<U, IxDyn>>,
             ) -> R
             + 'static,
     {

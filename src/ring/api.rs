@@ -6,14 +6,16 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Dimension, IxDyn};
 
-use super::core::Role;
+use super::core::{Role, Writers};
+use super::endpoint::{Endpoint, Owner};
+use super::liveness::{self, Liveness, PeerLock, WriterHold, CREATOR_BYTE, LOCK_BASE};
 use super::layout::{
     self, Backpressure, Creator, HeaderError, Layout, Mode, HEADER_BYTES, LAYOUT_VERSION,
 };
-use super::reader::Reader;
-use super::shared::{peer_pid, peer_status, ps, Shared};
+use super::reader::{Reader, ReaderBuilder};
+use super::shared::{peer_pid, peer_status, ps, Shared, FLAG_READY};
 use super::wait;
-use super::writer::Writer;
+use super::writer::{Writer, WriterCore};
 use crate::array::{DType, Element};
 use crate::error::{AttachError, CreateError, OpenError};
 use crate::primitive::Ordering::*;
@@ -176,8 +178,26 @@ impl<T: Element, D: Dimension> RingBuilder<T, D> {
             name: name.clone(),
             source,
         })?;
+        // The writer FIFO first: a ring is complete with it (see `liveness`).
+        liveness::create_fifo(creator.doorbell_token, self.permissions, self.group).map_err(
+            |source| CreateError::Io {
+                name: name.clone(),
+                source,
+            },
+        )?;
         shared.header().ready.store(LAYOUT_VERSION, Release);
-        let seg = shared.segment().expect("segment-backed ring");
+        // From here on the ring's drop removes the segment and the FIFO if a step fails.
+        let ring = Ring::from_parts(shared, name.clone(), creator);
+        ring.inner.creator_lock.set(
+            match PeerLock::take(ring.inner.shared.segment().expect("segment"), CREATOR_BYTE) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::debug!("shmflow: creator lock unavailable: {e}");
+                    None
+                }
+            },
+        ).expect("set once");
+        let seg = ring.inner.shared.segment().expect("segment-backed ring");
         if let Some(gid) = self.group {
             seg.set_group(gid).map_err(|source| {
                 if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -198,7 +218,7 @@ impl<T: Element, D: Dimension> RingBuilder<T, D> {
                 name: name.clone(),
                 source,
             })?;
-        Ok(Ring::from_parts(shared, name, creator))
+        Ok(ring)
     }
 
     /// Creates a ring in this process's memory instead of a named segment: for threads, and
@@ -264,7 +284,8 @@ pub struct RingInfo {
     pub total_size: u64,
     /// Pid of the process that created the ring.
     pub creator_pid: u32,
-    /// Whether that process is still alive (checked with its start time).
+    /// Whether the creator still holds its ring handle open (tested with its lock, so it is
+    /// right in any pid namespace).
     pub creator_alive: bool,
     /// When the ring was created (ns since the Unix epoch).
     pub created_unix_ns: u64,
@@ -278,7 +299,8 @@ pub struct PeerStatus {
     pub index: usize,
     /// Its process.
     pub pid: u32,
-    /// Whether the process is alive.
+    /// Whether the peer is alive: its liveness lock is held (or cannot be tested: a peer is
+    /// reported dead only when the kernel says so).
     pub alive: bool,
     /// Frames read (reader) or committed (writer).
     pub frames: u64,
@@ -286,6 +308,20 @@ pub struct PeerStatus {
     pub cursor: u64,
     /// Broadcast reader: frames it missed (drop-oldest).
     pub missed: u64,
+    /// Reader: frames it holds now.
+    pub held: u64,
+    /// Reader: frames it may hold at once.
+    pub max_held: u32,
+}
+
+/// How the last writer of a ring died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriterDeath {
+    /// Its pid (as its own pid namespace numbered it).
+    pub pid: u32,
+    /// Frames the ring had committed when it was found dead.
+    pub frames: u64,
 }
 
 /// A snapshot of a ring's state.
@@ -306,14 +342,40 @@ pub struct RingStatus {
     pub lost: u64,
     /// Queue: sequences abandoned by writers that died or dropped an uncommitted slot.
     pub abandoned: u64,
+    /// No writer is attached and the last one died (rather than detached).
+    pub writer_died: Option<WriterDeath>,
 }
 
 pub(crate) struct RingInner {
     pub shared: Shared,
     pub name: String,
     pub creator: Creator,
-    pub pid: u32,
-    pub start_time: u64,
+    /// The process that opened this handle: only it may attach endpoints through it.
+    pub owner: Owner,
+    /// The creator's lock (see `RingInfo::creator_alive`); set once, in the creator.
+    pub creator_lock: std::sync::OnceLock<Option<PeerLock>>,
+}
+
+impl Drop for RingInner {
+    fn drop(&mut self) {
+        // The segment unlinks its name when it drops (if this handle owns it, in the process
+        // that made it); the FIFO goes with it.
+        if self.shared.segment().is_some_and(|s| s.will_unlink()) {
+            liveness::remove_fifo(self.creator.doorbell_token);
+        }
+    }
+}
+
+/// What attaching an endpoint made.
+pub(crate) struct Attached {
+    pub endpoint: Endpoint,
+    /// Reader: the first sequence it reads.
+    pub cursor: u64,
+    /// Reader: its pollable fd.
+    #[cfg(not(shmflow_no_doorbell))]
+    pub reader_fd: Option<liveness::ReaderFd>,
+    /// Writer: its end of the writer FIFO.
+    pub hold: Option<WriterHold>,
 }
 
 /// A handle to a ring: create or open one, then make [`Writer`]s and [`Reader`]s from it.
@@ -384,14 +446,13 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     }
 
     fn from_parts(shared: Shared, name: String, creator: Creator) -> Self {
-        let pid = sys::getpid();
         Ring {
             inner: Arc::new(RingInner {
                 shared,
                 name,
                 creator,
-                pid,
-                start_time: sys::process_start_time(pid).unwrap_or(0),
+                owner: Owner::current(),
+                creator_lock: std::sync::OnceLock::new(),
             }),
             _t: PhantomData,
         }
@@ -461,6 +522,11 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     /// [`OpenError::InvalidName`], [`OpenError::NotFound`], [`OpenError::PermissionDenied`],
     /// [`OpenError::Io`].
     pub fn remove(name: &str) -> Result<(), OpenError> {
+        // The writer FIFO is named after the ring's token: read it first (a foreign or
+        // half-made segment has none worth removing).
+        if let Ok((_, _, creator)) = open_segment(name, Duration::ZERO) {
+            liveness::remove_fifo(creator.doorbell_token);
+        }
         Segment::unlink(name).map_err(|e| match e {
             SegmentOpenError::Name(n) => OpenError::InvalidName(n),
             SegmentOpenError::NotFound => OpenError::NotFound { name: name.into() },
@@ -498,7 +564,14 @@ impl<T: Element, D: Dimension> Ring<T, D> {
             slot_stride: l.slot_stride,
             total_size: l.total_size,
             creator_pid: c.pid,
-            creator_alive: sys::pid_alive(c.pid, c.start_time),
+            creator_alive: match self.inner.shared.segment() {
+                Some(seg) => match liveness::probe(seg, CREATOR_BYTE) {
+                    Liveness::Alive => true,
+                    Liveness::Dead => false,
+                    Liveness::Unknown => sys::pid_alive(c.pid, c.start_time),
+                },
+                None => true,
+            },
             created_unix_ns: c.created_unix_ns,
         }
     }
@@ -512,9 +585,13 @@ impl<T: Element, D: Dimension> Ring<T, D> {
                 .filter_map(|i| {
                     let e = s.peer(i);
                     let state = e.state.load(Acquire);
-                    // Attaching (CLAIMING) entries are not attached yet: a writer that waits for
-                    // a reader to be listed must be able to rely on it seeing the next frame.
+                    // Attaching (CLAIMING) entries are not attached yet, nor are readers before
+                    // their handshake (FLAG_READY): a writer that waits for a reader to be
+                    // listed must be able to rely on it seeing the next frame.
                     if !matches!(peer_status(state), ps::ACTIVE | ps::RECLAIMING) {
+                        return None;
+                    }
+                    if role == Role::Reader && e.flags.load(Acquire) & FLAG_READY == 0 {
                         return None;
                     }
                     let pid = peer_pid(state);
@@ -522,10 +599,12 @@ impl<T: Element, D: Dimension> Ring<T, D> {
                         index: i,
                         pid,
                         alive: peer_status(state) != ps::RECLAIMING
-                            && sys::pid_alive(pid, e.start_time.load(Relaxed)),
+                            && liveness::peer_alive(s, i),
                         frames: e.frames.load(Relaxed),
                         cursor: e.cursor.load(Relaxed),
                         missed: e.missed.load(Relaxed),
+                        held: e.held.load(Relaxed),
+                        max_held: e.max_held.load(Relaxed),
                     })
                 })
                 .collect()
@@ -538,6 +617,10 @@ impl<T: Element, D: Dimension> Ring<T, D> {
             writers: peers(Role::Writer),
             lost: c.lost.load(Relaxed),
             abandoned: c.abandoned.load(Relaxed),
+            writer_died: match s.writers() {
+                Writers::Died { pid, frames } => Some(WriterDeath { pid, frames }),
+                _ => None,
+            },
         }
     }
 
@@ -546,9 +629,14 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     /// monitoring tools call it directly.
     pub fn reclaim_dead_peers(&self) -> usize {
         let s = &self.inner.shared;
-        let mut alive = wait::peer_alive(self.inner.pid);
-        s.reclaim_dead(Role::Reader, None, &mut alive)
-            + s.reclaim_dead(Role::Writer, None, &mut alive)
+        let mut alive = wait::peer_alive(s);
+        let n = s.reclaim_dead(Role::Reader, None, &mut alive)
+            + s.reclaim_dead(Role::Writer, None, &mut alive);
+        if n > 0 {
+            wait::wake(s, Role::Reader, true);
+            wait::wake(s, Role::Writer, true);
+        }
+        n
     }
 
     /// Keeps the segment when this handle (and everything made from it) is dropped. Only the
@@ -570,56 +658,132 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     ///
     /// [`AttachError::TooManyWriters`] when every writer entry is held by a live process (a
     /// broadcast ring has one); dead holders are reclaimed first.
+    /// [`AttachError::WrongProcess`] when this handle was opened by another process (it came
+    /// through `fork`). [`AttachError::Io`] if the liveness lock cannot be taken.
     pub fn writer(&self) -> Result<Writer<T, D>, AttachError> {
-        let (index, generation) = self.claim(Role::Writer)?;
-        if !self
-            .inner
-            .shared
-            .attach_writer(index, self.inner.pid, generation)
-        {
-            return Err(AttachError::Reclaimed);
-        }
-        Ok(Writer::new(self.clone(), index, generation))
+        let a = self.attach_endpoint(Role::Writer, false, 1)?;
+        let hold = a.hold.unwrap_or_else(WriterHold::none);
+        Ok(Writer::new(self.clone(), WriterCore::new(a.endpoint, hold)))
     }
 
-    /// Attaches a reader. A broadcast reader sees the frames committed after it attached.
+    /// Attaches a reader that holds one frame at a time. A broadcast reader sees the frames
+    /// committed after it attached. See [`Ring::attach_reader`] for the settings.
     ///
     /// # Errors
     ///
     /// [`AttachError::TooManyReaders`] when every reader entry is held by a live process;
-    /// [`AttachError::Io`] if the doorbell socket cannot be created.
+    /// [`AttachError::WrongProcess`]; [`AttachError::Io`] if the doorbell socket or the
+    /// liveness lock cannot be set up.
     pub fn reader(&self) -> Result<Reader<T, D>, AttachError> {
-        let (index, generation) = self.claim(Role::Reader)?;
-        Reader::new(self.clone(), index, generation, false)
+        self.attach_reader().attach()
     }
 
-    /// Attaches a *lossy* reader: in a lossless (block) broadcast ring, the writer does not
-    /// wait for it; it only never overwrites the one frame this reader is reading. The reader
-    /// skips what it could not keep up with, like a drop-oldest reader
-    /// ([`ReadSlot::missed`](crate::ReadSlot::missed)). For a live preview beside lossless
-    /// consumers. In other modes this is the same as [`Ring::reader`].
-    ///
-    /// Release frames promptly ([`Reader::release`]): while it holds a frame, the writer waits
-    /// when it comes round to that slot.
+    /// Attaches a *lossy* reader (see [`ReaderBuilder::lossy`]): in a lossless (block)
+    /// broadcast ring the writer does not wait for it; it only never overwrites the frames
+    /// this reader holds. In other modes this is the same as [`Ring::reader`].
     ///
     /// # Errors
     ///
     /// As for [`Ring::reader`].
     pub fn lossy_reader(&self) -> Result<Reader<T, D>, AttachError> {
-        let (index, generation) = self.claim(Role::Reader)?;
-        let lossy = self.inner.shared.layout.mode == Mode::Broadcast(Backpressure::Block);
-        Reader::new(self.clone(), index, generation, lossy)
+        self.attach_reader().lossy(true).attach()
     }
 
-    fn claim(&self, role: Role) -> Result<(usize, u32), AttachError> {
+    /// Settings for a new reader (how many frames it may hold, lossy or not); attach it with
+    /// [`ReaderBuilder::attach`].
+    pub fn attach_reader(&self) -> ReaderBuilder<T, D> {
+        ReaderBuilder::new(self.clone())
+    }
+
+    /// Claims a peer entry of `role` under its liveness lock and attaches it.
+    pub(crate) fn attach_endpoint(
+        &self,
+        role: Role,
+        lossy: bool,
+        max_held: u32,
+    ) -> Result<Attached, AttachError> {
+        let inner = &self.inner;
+        if !inner.owner.is_current() {
+            return Err(AttachError::WrongProcess {
+                owner: inner.owner.pid(),
+            });
+        }
+        let owner = Owner::current();
+        let pid = owner.pid();
+        let start = sys::process_start_time(pid).unwrap_or(0);
+        let (index, generation, lock) = self.claim(role, pid, start)?;
+        let s = &inner.shared;
+        let token = s.header().doorbell_token.load(Relaxed);
+        let mut attached = Attached {
+            endpoint: Endpoint::new(inner.clone(), index, generation, role, owner, lock),
+            cursor: 0,
+            #[cfg(not(shmflow_no_doorbell))]
+            reader_fd: None,
+            hold: None,
+        };
+        // From here on, dropping `attached` detaches the entry and then drops its lock.
+        match role {
+            Role::Reader => {
+                #[cfg(not(shmflow_no_doorbell))]
+                {
+                    let fd = liveness::ReaderFd::new(token, index as u32, generation)
+                        .map_err(AttachError::Io)?;
+                    attached.reader_fd = Some(fd);
+                }
+                #[cfg(shmflow_no_doorbell)]
+                let _ = token;
+                attached.cursor = s
+                    .attach_reader_with(index, pid, generation, lossy, max_held)
+                    .ok_or(AttachError::Reclaimed)?;
+            }
+            Role::Writer => {
+                if s.segment().is_some() {
+                    attached.hold = Some(WriterHold::open(token));
+                }
+                if !s.attach_writer(index, pid, generation) {
+                    return Err(AttachError::Reclaimed);
+                }
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Takes a FREE entry of `role`: its liveness lock first (an entry whose lock someone
+    /// holds is skipped), then the entry. Dead holders are reclaimed if none is free.
+    fn claim(
+        &self,
+        role: Role,
+        pid: u32,
+        start: u64,
+    ) -> Result<(usize, u32, Option<PeerLock>), AttachError> {
         let s = &self.inner.shared;
-        let (pid, start) = (self.inner.pid, self.inner.start_time);
-        if let Some(c) = s.claim_peer(role, pid, start) {
+        let try_claim = || -> Result<Option<(usize, u32, Option<PeerLock>)>, AttachError> {
+            for i in s.peers_of(role) {
+                if peer_status(s.peer(i).state.load(Acquire)) != ps::FREE {
+                    continue;
+                }
+                let lock = match s.segment() {
+                    Some(seg) => match PeerLock::take(seg, LOCK_BASE + i as u64) {
+                        Ok(Some(l)) => Some(l),
+                        // Held: a live peer is still leaving this entry, or a child forked
+                        // by a peer in the instant before it closed the lock. Try another.
+                        Ok(None) => continue,
+                        Err(e) => return Err(AttachError::Io(e)),
+                    },
+                    None => None,
+                };
+                if let Some(generation) = s.claim_peer_at(i, pid, start) {
+                    return Ok(Some((i, generation, lock)));
+                }
+            }
+            Ok(None)
+        };
+        if let Some(c) = try_claim()? {
             return Ok(c);
         }
-        let mut alive = wait::peer_alive(pid);
+        let mut alive = wait::peer_alive(s);
         if s.reclaim_dead(role, None, &mut alive) > 0 {
-            if let Some(c) = s.claim_peer(role, pid, start) {
+            if let Some(c) = try_claim()? {
                 return Ok(c);
             }
         }

@@ -57,7 +57,7 @@
 use super::layout::{Backpressure, Mode};
 use super::shared::{
     peer_gen, peer_pid, peer_state, peer_status, ps, st, stamp, stamp_owner, stamp_seq,
-    stamp_state, Shared, FLAG_ARMED, FLAG_LOSSY, FLAG_SLEEPING, SEQ_LIMIT,
+    stamp_state, Shared, FLAG_ARMED, FLAG_LOSSY, FLAG_READY, FLAG_SLEEPING, MAX_PINS, SEQ_LIMIT,
 };
 use crate::primitive::{fence, Ordering::*};
 
@@ -123,29 +123,36 @@ impl Shared {
 
     /// Takes a FREE entry of `role` for `pid`: returns its index and generation. The entry is
     /// CLAIMING until [`Shared::activate`].
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))] // endpoints use claim_peer_at
     pub(crate) fn claim_peer(&self, role: Role, pid: u32, start_time: u64) -> Option<(usize, u32)> {
-        for i in self.peers_of(role) {
-            let e = self.peer(i);
-            let cur = e.state.load(Acquire);
-            if peer_status(cur) != ps::FREE {
-                continue;
-            }
-            let generation = peer_gen(cur).wrapping_add(1) & 0xFF_FFFF;
-            let claimed = peer_state(pid, generation, ps::CLAIMING);
-            if e.state
-                .compare_exchange(cur, claimed, AcqRel, Relaxed)
-                .is_ok()
-            {
-                e.start_time.store(start_time, Relaxed);
-                e.cursor.store(0, Relaxed);
-                e.pin.store(0, Relaxed);
-                e.flags.store(0, Relaxed);
-                e.missed.store(0, Relaxed);
-                e.frames.store(0, Relaxed);
-                return Some((i, generation));
-            }
+        self.peers_of(role)
+            .find_map(|i| self.claim_peer_at(i, pid, start_time).map(|g| (i, g)))
+    }
+
+    /// Takes entry `i` if it is FREE: returns its new generation. Endpoints of segment-backed
+    /// rings hold the entry's liveness lock before they call this (see `ring::liveness`).
+    pub(crate) fn claim_peer_at(&self, i: usize, pid: u32, start_time: u64) -> Option<u32> {
+        let e = self.peer(i);
+        let cur = e.state.load(Acquire);
+        if peer_status(cur) != ps::FREE {
+            return None;
         }
-        None
+        let generation = peer_gen(cur).wrapping_add(1) & 0xFF_FFFF;
+        let claimed = peer_state(pid, generation, ps::CLAIMING);
+        e.state
+            .compare_exchange(cur, claimed, AcqRel, Relaxed)
+            .ok()?;
+        e.start_time.store(start_time, Relaxed);
+        e.cursor.store(0, Relaxed);
+        for p in &e.pins {
+            p.store(0, Relaxed);
+        }
+        e.flags.store(0, Relaxed);
+        e.max_held.store(1, Relaxed);
+        e.missed.store(0, Relaxed);
+        e.frames.store(0, Relaxed);
+        e.held.store(0, Relaxed);
+        Some(generation)
     }
 
     /// CLAIMING -> ACTIVE. False if the entry was taken from us meanwhile (reclaimed by
@@ -163,8 +170,9 @@ impl Shared {
             .is_ok()
     }
 
-    /// Detaches a peer cleanly: ACTIVE/CLAIMING -> FREE (keeping the generation). Returns false
-    /// when the entry is no longer ours (it was reclaimed as dead).
+    /// Detaches a peer cleanly: ACTIVE/CLAIMING -> FREE (keeping the generation). Its pins,
+    /// its SLEEPING/ARMED flags (with the waiter counts they stand for) and its start time are
+    /// cleared first. Returns false when the entry is no longer ours (it was reclaimed as dead).
     pub(crate) fn release_peer(&self, i: usize, pid: u32, generation: u32) -> bool {
         let e = self.peer(i);
         let cur = e.state.load(SeqCst);
@@ -172,31 +180,57 @@ impl Shared {
             && peer_gen(cur) == generation
             && matches!(peer_status(cur), ps::ACTIVE | ps::CLAIMING);
         if !ours {
-            // Reclaimed (we were judged dead): the entry, and its pin, may be someone else's.
+            // Reclaimed (we were judged dead): the entry, and its pins, may be someone else's.
             return false;
         }
-        e.pin.store(0, Release);
+        self.clear_waiting(i);
+        for p in &e.pins {
+            p.store(0, Release);
+        }
+        e.held.store(0, Relaxed);
+        e.start_time.store(0, Relaxed);
         e.state
             .compare_exchange(cur, peer_state(0, generation, ps::FREE), AcqRel, Relaxed)
             .is_ok()
     }
 
+    /// Takes peer `i`'s SLEEPING and ARMED flags, and the waiter counts they stand for (a
+    /// detached or dead peer must not make every later commit scan for a waiter).
+    fn clear_waiting(&self, i: usize) {
+        let e = self.peer(i);
+        let waiters = if i < self.layout.max_readers as usize {
+            &self.control().reader_waiters
+        } else {
+            &self.control().writer_waiters
+        };
+        for bit in [FLAG_SLEEPING, FLAG_ARMED] {
+            if e.flags.fetch_and(!bit, SeqCst) & bit != 0 {
+                waiters.fetch_sub(1, SeqCst);
+            }
+        }
+    }
+
     /// Attaches reader `i` (CLAIMING) and makes it ACTIVE with a cursor at the next frame.
     #[cfg_attr(not(any(test, loom)), allow(dead_code))] // endpoints use attach_reader_with
-    pub(crate) fn attach_reader(&self, i: usize, pid: u32, generation: u32) -> bool {
-        self.attach_reader_with(i, pid, generation, false)
+    pub(crate) fn attach_reader(&self, i: usize, pid: u32, generation: u32) -> Option<u64> {
+        self.attach_reader_with(i, pid, generation, false, 1)
     }
 
     /// As [`Shared::attach_reader`]; a `lossy` reader of a block ring does not hold the
-    /// writer back (see [`FLAG_LOSSY`]). False if the entry was reclaimed while we attached.
+    /// writer back (see [`FLAG_LOSSY`]); the reader may hold `max_held` frames at once.
+    /// Returns the first sequence the reader reads (its cursor), or `None` if the entry was
+    /// reclaimed while we attached. The attach is complete (FLAG_READY, counted in
+    /// `reader_attaches`) only after the handshake.
     pub(crate) fn attach_reader_with(
         &self,
         i: usize,
         pid: u32,
         generation: u32,
         lossy: bool,
-    ) -> bool {
+        max_held: u32,
+    ) -> Option<u64> {
         let e = self.peer(i);
+        e.max_held.store(max_held, SeqCst);
         if lossy {
             e.flags.fetch_or(FLAG_LOSSY, SeqCst);
         }
@@ -218,8 +252,12 @@ impl Shared {
                 e.cursor.store(cursor, SeqCst);
             }
         }
+        if !active {
+            return None;
+        }
+        e.flags.fetch_or(FLAG_READY, SeqCst);
         self.control().reader_attaches.fetch_add(1, Relaxed);
-        active
+        Some(cursor)
     }
 
     /// Attaches writer `i` (CLAIMING) and makes it ACTIVE. False if the entry was reclaimed
@@ -242,29 +280,50 @@ impl Shared {
             }
         }
         let active = self.activate(i, pid, generation);
+        // A new writer: the stream goes on, whatever happened to the previous one.
+        self.control().died_writer.store(0, SeqCst);
         self.control().writer_attaches.fetch_add(1, SeqCst);
         active
     }
 
-    /// True when at least one writer attached once and none is attached now (alive or not yet
-    /// found dead).
-    pub(crate) fn writers_gone(&self) -> bool {
+    /// Whether a writer is attached, and if not, how the last one left.
+    pub(crate) fn writers(&self) -> Writers {
         if self.control().writer_attaches.load(SeqCst) == 0 {
-            return false;
+            return Writers::NotYet;
         }
-        !self.peers_of(Role::Writer).any(|i| {
+        let attached = self.peers_of(Role::Writer).any(|i| {
             let s = self.peer(i).state.load(SeqCst);
-            matches!(peer_status(s), ps::CLAIMING | ps::ACTIVE)
-        })
+            matches!(peer_status(s), ps::CLAIMING | ps::ACTIVE | ps::RECLAIMING)
+        });
+        if attached {
+            return Writers::Attached;
+        }
+        let died = self.control().died_writer.load(SeqCst);
+        if died >> 32 != 0 {
+            Writers::Died {
+                pid: died as u32,
+                frames: self.control().died_after.load(SeqCst),
+            }
+        } else {
+            Writers::Detached
+        }
     }
 
-    /// Checks every attached peer of `role` (other than `me`) with `alive(pid, start_time)` and
-    /// reclaims the dead ones. Returns how many were reclaimed.
+    /// True when at least one writer attached once and none is attached now (alive or not yet
+    /// found dead).
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
+    pub(crate) fn writers_gone(&self) -> bool {
+        matches!(self.writers(), Writers::Detached | Writers::Died { .. })
+    }
+
+    /// Checks every attached peer of `role` (other than `me`) with `alive(index, pid,
+    /// start_time)` and reclaims the dead ones. Returns how many were reclaimed. `alive` must
+    /// answer true when it cannot tell: a peer is reclaimed only when it is known dead.
     pub(crate) fn reclaim_dead(
         &self,
         role: Role,
         me: Option<usize>,
-        alive: &mut dyn FnMut(u32, u64) -> bool,
+        alive: &mut dyn FnMut(usize, u32, u64) -> bool,
     ) -> usize {
         let mut n = 0;
         for i in self.peers_of(role) {
@@ -283,7 +342,7 @@ impl Shared {
             } else {
                 e.start_time.load(Relaxed)
             };
-            if !alive(peer_pid(s), start) && self.reclaim(i, s) {
+            if !alive(i, peer_pid(s), start) && self.reclaim(i, s) {
                 n += 1;
             }
         }
@@ -307,18 +366,20 @@ impl Shared {
         {
             return false;
         }
-        e.pin.store(0, SeqCst);
+        for p in &e.pins {
+            p.store(0, SeqCst);
+        }
         // It may have died asleep or armed: take its flags and their waiter counts with it,
         // or every later commit would scan the peer table for a waiter that is gone.
-        let flags = e.flags.swap(0, SeqCst);
-        let waiters = if i < self.layout.max_readers as usize {
-            &self.control().reader_waiters
-        } else {
-            &self.control().writer_waiters
-        };
-        let bits = u64::from(flags & FLAG_SLEEPING != 0) + u64::from(flags & FLAG_ARMED != 0);
-        if bits > 0 {
-            waiters.fetch_sub(bits, SeqCst);
+        self.clear_waiting(i);
+        e.flags.store(0, SeqCst);
+        e.held.store(0, Relaxed);
+        e.start_time.store(0, Relaxed);
+        if i >= self.layout.max_readers as usize {
+            // A writer died: readers end with WriterDied once nothing is left to read.
+            let c = self.control();
+            c.died_after.store(c.write_seq.v.load(SeqCst), SeqCst);
+            c.died_writer.store((1 << 32) | u64::from(pid), SeqCst);
         }
         if self.layout.mode == Mode::Queue {
             let c = self.control();
@@ -511,12 +572,16 @@ impl Shared {
         })
     }
 
-    /// Whether any reader's pin names `slot` (for any frame).
+    /// Whether any reader's pin names `slot` (for any frame). Each reader's first `max_held`
+    /// pins are scanned (at most [`MAX_PINS`], whatever the segment says).
     fn pinned(&self, slot: usize) -> bool {
-        let want = (slot as u64 + 1) << 48;
+        let want = slot as u64 + 1;
         self.peers_of(Role::Reader).any(|r| {
-            let pin = self.peer(r).pin.load(SeqCst);
-            pin >> 48 == want >> 48
+            let e = self.peer(r);
+            let k = (e.max_held.load(SeqCst) as usize).clamp(1, MAX_PINS);
+            e.pins[..k]
+                .iter()
+                .any(|p| p.load(SeqCst) & 0xFFFF_FFFF == want)
         })
     }
 
@@ -544,15 +609,22 @@ impl Shared {
 
     // ---------------------------------------------------------------- broadcast reader
 
-    /// Next frame for broadcast reader `r`, if one is committed. `extra` = frames skipped.
-    pub(crate) fn bcast_try_acquire(&self, r: usize) -> Option<Grant> {
+    /// Whether broadcast reader `r` pins the frames it holds (drop-oldest rings and lossy
+    /// readers of block rings) instead of holding the writer back with its cursor.
+    pub(crate) fn pins_frames(&self, r: usize) -> bool {
+        self.layout.mode == Mode::Broadcast(Backpressure::DropOldest)
+            || self.peer(r).flags.load(Relaxed) & FLAG_LOSSY != 0
+    }
+
+    /// The first frame at or after `next` for broadcast reader `r`, if one is committed
+    /// (`extra` = frames skipped, added to the reader's missed count). A reader that
+    /// [pins its frames](Shared::pins_frames) passes the index of a free pin of its own.
+    pub(crate) fn bcast_try_acquire(&self, r: usize, next: u64, pin: Option<usize>) -> Option<Grant> {
         let e = self.peer(r);
         let ring = &self.control().write_seq.v;
-        let drop_oldest = self.layout.mode == Mode::Broadcast(Backpressure::DropOldest)
-            || e.flags.load(Relaxed) & FLAG_LOSSY != 0;
         let mut scanned = 0usize;
         for _ in 0..RETRIES {
-            let cursor = e.cursor.load(Relaxed);
+            let cursor = next;
             let w = ring.load(Acquire);
             if cursor >= w {
                 return None;
@@ -584,18 +656,18 @@ impl Shared {
                     }
                 }
             };
-            if drop_oldest {
-                e.pin.store(pin_value(slot, seq), SeqCst);
+            if let Some(p) = pin {
+                let p = &e.pins[p % MAX_PINS];
+                p.store(pin_value(slot, seq), SeqCst);
                 fence(SeqCst);
                 if self.meta(slot).stamp.load(SeqCst) != v {
-                    e.pin.store(0, Relaxed);
+                    p.store(0, Relaxed);
                     continue;
                 }
             }
             let missed = seq - cursor;
             if missed > 0 {
                 e.missed.fetch_add(missed, Relaxed);
-                e.cursor.store(seq, SeqCst);
             }
             return Some(Grant {
                 slot,
@@ -618,12 +690,40 @@ impl Shared {
         best
     }
 
-    /// Releases a frame held by broadcast reader `r`.
+    /// Publishes broadcast reader `r`'s cursor (see [`PeerEntry::cursor`]). Callers never
+    /// move it backwards.
+    ///
+    /// [`PeerEntry::cursor`]: super::shared::PeerEntry::cursor
+    pub(crate) fn bcast_set_cursor(&self, r: usize, cursor: u64) {
+        self.peer(r).cursor.store(cursor, SeqCst);
+    }
+
+    /// Releases pin `pin` of broadcast reader `r` (a frame it held).
+    pub(crate) fn bcast_unpin(&self, r: usize, pin: usize) {
+        self.peer(r).pins[pin % MAX_PINS].store(0, SeqCst);
+    }
+
+    /// Releases a frame held by broadcast reader `r` that held one frame at a time (unit
+    /// tests, loom and proptest models): unpins pin 0 and moves the cursor past the frame.
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     pub(crate) fn bcast_release(&self, r: usize, g: Grant) {
         let e = self.peer(r);
         e.cursor.store(g.seq + 1, SeqCst);
-        e.pin.store(0, SeqCst);
+        e.pins[0].store(0, SeqCst);
         e.frames.fetch_add(1, Relaxed);
+    }
+
+    /// Broadcast reader `r`'s next frame the way a one-frame-at-a-time reader asks for it
+    /// (unit tests, loom and proptest models): from its published cursor, with pin 0.
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
+    pub(crate) fn bcast_try_acquire1(&self, r: usize) -> Option<Grant> {
+        let next = self.peer(r).cursor.load(Relaxed);
+        let pin = self.pins_frames(r).then_some(0);
+        let g = self.bcast_try_acquire(r, next, pin)?;
+        if g.extra > 0 {
+            self.peer(r).cursor.store(g.seq, SeqCst);
+        }
+        Some(g)
     }
 
     // ---------------------------------------------------------------- queue
@@ -780,10 +880,30 @@ impl Shared {
     }
 }
 
-/// A drop-oldest reader's pin for frame `seq` in `slot`.
+/// A pin for frame `seq` in `slot`: `(seq mod 2^32) << 32 | (slot + 1)`. The low word alone
+/// names the slot (slot + 1 <= 2^16 always fits; v2's `(slot + 1) << 48` overflowed for slot
+/// 65535); the high word is for display only.
 #[inline]
 pub(crate) fn pin_value(slot: usize, seq: u64) -> u64 {
-    ((slot as u64 + 1) << 48) | (seq & (SEQ_LIMIT - 1))
+    ((seq & 0xFFFF_FFFF) << 32) | (slot as u64 + 1)
+}
+
+/// How the writers of a ring stand, as readers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writers {
+    /// No writer ever attached: wait for one.
+    NotYet,
+    /// At least one is attached (or being reclaimed).
+    Attached,
+    /// None is attached and the last one detached cleanly.
+    Detached,
+    /// None is attached and the last one was found dead.
+    Died {
+        /// Its pid (in its own pid namespace).
+        pid: u32,
+        /// Frames committed when it was reclaimed.
+        frames: u64,
+    },
 }
 
 #[cfg(all(test, not(loom)))]
@@ -819,10 +939,10 @@ mod tests {
             s.bcast_commit(w, g);
         }
         assert_eq!(s.bcast_try_reserve(w), Err(Blocked::Full));
-        let g = s.bcast_try_acquire(r1).unwrap();
+        let g = s.bcast_try_acquire1(r1).unwrap();
         s.bcast_release(r1, g);
         assert_eq!(s.bcast_try_reserve(w), Err(Blocked::Full));
-        let g = s.bcast_try_acquire(r2).unwrap();
+        let g = s.bcast_try_acquire1(r2).unwrap();
         assert_eq!((g.seq, g.extra), (0, 0));
         s.bcast_release(r2, g);
         let g = s.bcast_try_reserve(w).unwrap();
@@ -836,16 +956,16 @@ mod tests {
         let w = writer(&s);
         let lossless = reader(&s);
         let (lossy, g) = s.claim_peer(Role::Reader, 1, 0).unwrap();
-        s.attach_reader_with(lossy, 1, g, true);
+        s.attach_reader_with(lossy, 1, g, true, 1);
         // The lossy reader never reads: the writer is only held by the lossless one.
         for _ in 0..6 {
             let g = s.bcast_try_reserve(w).unwrap();
             s.bcast_commit(w, g);
-            let r = s.bcast_try_acquire(lossless).unwrap();
+            let r = s.bcast_try_acquire1(lossless).unwrap();
             s.bcast_release(lossless, r);
         }
         // It takes the newest frame still there and is told what it missed.
-        let held = s.bcast_try_acquire(lossy).unwrap();
+        let held = s.bcast_try_acquire1(lossy).unwrap();
         assert_eq!((held.seq, held.extra), (5, 5));
         // Frame 6 would reuse the slot the lossy reader holds: wait.
         assert_eq!(s.bcast_try_reserve(w), Err(Blocked::Full));
@@ -865,7 +985,7 @@ mod tests {
             assert_eq!(g.seq, seq);
             used.insert(g.slot);
             s.bcast_commit(w, g);
-            let f = s.bcast_try_acquire(r).unwrap();
+            let f = s.bcast_try_acquire1(r).unwrap();
             assert_eq!((f.seq, f.extra), (seq, 0), "the locator finds every frame");
             s.bcast_release(r, f);
         }
@@ -880,7 +1000,7 @@ mod tests {
         let r = reader(&s);
         let g = s.bcast_try_reserve(w).unwrap();
         s.bcast_commit(w, g);
-        let held = s.bcast_try_acquire(r).unwrap();
+        let held = s.bcast_try_acquire1(r).unwrap();
         assert_eq!(held.seq, 0);
         // Write 5 more frames while frame 0 is held: its slot must never be chosen.
         for _ in 0..5 {
@@ -890,13 +1010,13 @@ mod tests {
         }
         s.bcast_release(r, held);
         // Frames 1..=3 were overwritten; the oldest left is 4.
-        let g = s.bcast_try_acquire(r).unwrap();
+        let g = s.bcast_try_acquire1(r).unwrap();
         assert_eq!((g.seq, g.extra), (4, 3));
         s.bcast_release(r, g);
-        let g = s.bcast_try_acquire(r).unwrap();
+        let g = s.bcast_try_acquire1(r).unwrap();
         assert_eq!((g.seq, g.extra), (5, 0));
         s.bcast_release(r, g);
-        assert_eq!(s.bcast_try_acquire(r), None);
+        assert_eq!(s.bcast_try_acquire1(r), None);
     }
 
     #[test]
@@ -969,14 +1089,14 @@ mod tests {
             s.attach_writer(w, 2, wg);
             let r = if mode == Mode::Broadcast(Backpressure::Block) {
                 let (r, g) = s.claim_peer(Role::Reader, 1, 0).unwrap();
-                s.attach_reader_with(r, 1, g, true);
+                s.attach_reader_with(r, 1, g, true, 1);
                 r
             } else {
                 reader(&s)
             };
             let g = s.bcast_try_reserve(w).unwrap();
             s.bcast_commit(w, g);
-            let held = s.bcast_try_acquire(r).unwrap();
+            let held = s.bcast_try_acquire1(r).unwrap();
             assert_eq!(held.seq, 0);
             // The writer's half of the handshake on the held slot, then it dies.
             s.meta(held.slot)

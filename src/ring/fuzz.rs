@@ -294,8 +294,7 @@ impl<T: Element, D: Dimension> Endpoints<T, D> {
         }
         for r in &mut self.readers {
             let _ = r.skip_to_latest();
-            let _ = (r.missed(), r.frames_read());
-            r.release();
+            let _ = (r.missed(), r.frames_read(), r.held());
         }
     }
 }

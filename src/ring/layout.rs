@@ -3,7 +3,7 @@
 //! ```text
 //! offset 0            Header      (256 bytes: magic, version, layout parameters, creator)
 //! offset 256          Control     (cursors and counters, one cache line each)
-//! offset 4096         peer table  (max_readers + max_writers entries of 128 bytes)
+//! offset 4096         peer table  (max_readers + max_writers entries of 256 bytes)
 //! meta_offset         slot table  (slot_count entries of 128 bytes: stamp, shape, time, tag)
 //! payload_offset      payloads    (slot_count × slot_stride bytes; page-aligned when large)
 //! ```
@@ -21,13 +21,13 @@ use crate::primitive::{AtomicU32, AtomicU64, Ordering};
 /// `b"SHMFLOW\0"` read as a little-endian `u64`.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMFLOW\0");
 /// Layout version: bump on any change to this file or to the protocol.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// Bytes before the peer table (header + control block, padded to a page).
 pub(crate) const HEADER_BYTES: u64 = 4096;
 /// Offset of the control block inside the header page.
 pub(crate) const CONTROL_OFFSET: u64 = 256;
 /// Size of one peer-table entry.
-pub(crate) const PEER_STRIDE: u64 = 128;
+pub(crate) const PEER_STRIDE: u64 = 256;
 /// Size of one slot-metadata entry.
 pub(crate) const META_STRIDE: u64 = 128;
 /// Largest number of dimensions a ring supports.
@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(l.slot_stride % 4096, 0);
         assert!(l.slot_stride >= l.slot_bytes);
         assert_eq!(l.peers_offset, 4096);
-        assert_eq!(l.meta_offset, 4096 + 8 * 128);
+        assert_eq!(l.meta_offset, 4096 + 8 * 256);
         assert_eq!(l.payload_offset % 4096, 0);
         assert_eq!(l.total_size, l.payload_offset + 8 * l.slot_stride);
     }
@@ -519,9 +519,9 @@ mod tests {
                 l.payload_offset,
                 l.total_size
             ),
-            (16, 64, 4608, 8192, 8448)
+            (16, 64, 5120, 8192, 8448)
         );
-        assert_eq!(l.hash(), 0x7db0_d29c_f07f_2a2e);
+        assert_eq!(l.hash(), 0x70be_9b44_0107_3c66);
     }
 
     #[test]

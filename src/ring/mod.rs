@@ -19,7 +19,11 @@ mod proptests;
 #[cfg(not(loom))]
 mod api;
 #[cfg(not(loom))]
+mod endpoint;
+#[cfg(not(loom))]
 pub(crate) mod fuzz;
+#[cfg(not(loom))]
+mod liveness;
 #[cfg(not(loom))]
 mod reader;
 #[cfg(not(loom))]
@@ -31,7 +35,7 @@ mod writer;
 pub use self::api::*;
 pub use self::layout::{Backpressure, Mode, MAX_DIMS, MAX_PEERS, MAX_SLOTS};
 #[cfg(not(loom))]
-pub use self::reader::{ReadSlot, Reader};
+pub use self::reader::{ReadSlot, Reader, ReaderBuilder};
 #[cfg(not(loom))]
 pub use self::wait::{WaitStrategy, DEFAULT_LIVENESS_INTERVAL};
 #[cfg(not(loom))]

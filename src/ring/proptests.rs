@@ -279,7 +279,7 @@ impl Sim {
         assert!(!self.s.reclaim(idx, self.s.peer(idx).state.load(Relaxed)));
         let e = self.s.peer(idx);
         assert_eq!(peer_status(e.state.load(Relaxed)), ps::FREE);
-        assert_eq!(e.pin.load(Relaxed), 0, "a reclaimed reader keeps no pin");
+        assert_eq!(e.pins[0].load(Relaxed), 0, "a reclaimed reader keeps no pin");
     }
 
     fn check_invariants(&self) {
@@ -320,7 +320,7 @@ impl Sim {
         };
         assert!(self.readers.len() < self.s.layout.max_readers as usize);
         let lossy = lossy && self.mode == Mode::Broadcast(Backpressure::Block);
-        self.s.attach_reader_with(idx, pid, generation, lossy);
+        self.s.attach_reader_with(idx, pid, generation, lossy, 1);
         let cursor = self.s.peer(idx).cursor.load(Relaxed);
         if !self.queue() {
             assert_eq!(
@@ -531,7 +531,7 @@ impl Sim {
             return;
         }
         let expected = self.bcast_expect_acquire(i);
-        let got = self.s.bcast_try_acquire(idx);
+        let got = self.s.bcast_try_acquire1(idx);
         assert_eq!(got, expected, "broadcast acquire by reader {idx}");
         let r = &mut self.readers[i];
         let lossless = self.mode == Mode::Broadcast(Backpressure::Block) && !r.lossy;
@@ -622,7 +622,7 @@ impl Sim {
         } else {
             self.s.bcast_release(idx, g);
             self.readers[i].cursor = g.seq + 1;
-            assert_eq!(self.s.peer(idx).pin.load(Relaxed), 0);
+            assert_eq!(self.s.peer(idx).pins[0].load(Relaxed), 0);
         }
     }
 
@@ -741,9 +741,9 @@ fn attaching_peer_is_not_reclaimed_with_the_previous_start_time() {
     // visible yet.
     let e = s.peer(i);
     e.state.store(peer_state(20, g + 1, ps::CLAIMING), Relaxed);
-    assert_eq!(e.start_time.load(Relaxed), 111);
+    assert_eq!(e.start_time.load(Relaxed), 0, "a freed entry keeps no start time");
     // A liveness scan elsewhere, with the real rule (same pid and same start time).
-    let mut alive = |pid: u32, start: u64| pid == 20 && (start == 0 || start == 222);
+    let mut alive = |_: usize, pid: u32, start: u64| pid == 20 && (start == 0 || start == 222);
     assert_eq!(
         s.reclaim_dead(Role::Reader, None, &mut alive),
         0,

@@ -1,95 +1,267 @@
-//! The reading end of a ring.
+//! The reading end of a ring and the frame guard it hands out.
+//!
+//! A [`Reader`] owns an attached reader entry (through an `Arc` it shares with its guards); a
+//! [`ReadSlot`] owns one held frame and releases it when it drops, on whatever thread that is.
+//! This file owns the reader's private bookkeeping: the next sequence it reads, the frames it
+//! holds (for the cursor a lossless writer waits on) and its pins.
+//!
+//! # Cursors
+//!
+//! A broadcast reader reads frames in order (`next`), but may release them in any order. A
+//! lossless (block) reader publishes `min(held frames ∪ {next})` as its cursor: the writer
+//! reuses only slots below every such cursor. Receiving a frame, releasing one and skipping
+//! ahead all leave that minimum where it is or raise it, and every publication happens under
+//! the reader's lock, so the published cursor never moves backwards. Drop-oldest and lossy
+//! readers protect the frames they hold with one pin each instead, and publish `next`.
 
+use std::marker::PhantomData;
 use std::ops::Deref;
 #[cfg(not(shmflow_no_doorbell))]
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ndarray::{ArrayView, Dimension, IxDyn};
+use ndarray::{ArrayRef, ArrayView, Dimension, IxDyn};
 
-use super::core::{Grant, Role};
-use super::shared::Shared;
-use super::wait::{self, Step, WaitEnd, WaitStrategy, Waiter};
-use super::writer::dim_of;
+use super::core::{Grant, Role, Writers};
+use super::endpoint::Endpoint;
+use super::shared::{Shared, MAX_PINS};
+use super::wait::{self, Step, WaitEnd, WaitStrategy};
 use super::{deadline_after, Mode, Ring};
-use crate::array::Element;
-use crate::error::{AttachError, RecvError, RecvTimeoutError, TryRecvError};
+use crate::array::{view, Element};
+use crate::error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::primitive::Ordering::*;
-use crate::sync::doorbell::DoorbellSender;
-#[cfg(not(shmflow_no_doorbell))]
-use crate::sync::doorbell::{doorbell_address, DoorbellReceiver};
 
-/// The reading end of a ring. Made by [`Ring::reader`].
+/// A reader's private state, shared with its guards.
+#[derive(Debug, Default)]
+struct Held {
+    /// Broadcast: sequences of the frames held now.
+    seqs: Vec<u64>,
+    /// Broadcast pinning readers: pins in use (bit i = pin i).
+    pins: u32,
+    /// Frames held, plus one while a receive is in progress.
+    count: u32,
+}
+
+/// What a reader's entry, settings and guards share.
+pub(crate) struct ReaderCore {
+    ep: Endpoint,
+    max_held: u32,
+    /// Broadcast: frames are protected by pins (drop-oldest, lossy), not by the cursor.
+    pins: bool,
+    /// Broadcast: the next sequence to read. Written only by the reader (under `held`).
+    next: std::sync::atomic::AtomicU64,
+    held: Mutex<Held>,
+    /// Readable when a frame is committed after an `Empty` (armed), or when every writer has
+    /// gone (see [`super::liveness`]).
+    #[cfg(not(shmflow_no_doorbell))]
+    doorbell: super::liveness::ReaderFd,
+}
+
+impl std::fmt::Debug for ReaderCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderCore")
+            .field("endpoint", &self.ep)
+            .field("max_held", &self.max_held)
+            .finish()
+    }
+}
+
+impl ReaderCore {
+    fn shared(&self) -> &Shared {
+        self.ep.shared()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        // A guard dropped while unwinding cannot leave `Held` inconsistent (every update is
+        // a few plain stores), so a poisoned lock is still good.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a lossless reader's cursor: the lowest frame held, or `next`.
+    fn publish(&self, h: &Held) {
+        if self.pins {
+            self.shared()
+                .bcast_set_cursor(self.ep.index, self.next.load(Relaxed));
+            return;
+        }
+        let next = self.next.load(Relaxed);
+        let floor = h.seqs.iter().copied().min().unwrap_or(next).min(next);
+        let cur = self.shared().peer(self.ep.index).cursor.load(Relaxed);
+        if floor > cur {
+            self.shared().bcast_set_cursor(self.ep.index, floor);
+        }
+    }
+
+    /// Gives a held (or just granted) frame back.
+    fn release(&self, g: Grant, pin: Option<usize>) {
+        let s = self.shared();
+        let r = self.ep.index;
+        match s.layout.mode {
+            Mode::Queue => {
+                s.q_release(r, g);
+                let mut h = self.lock();
+                h.count = h.count.saturating_sub(1);
+                s.peer(r).held.store(u64::from(h.count), Relaxed);
+                drop(h);
+                wait::wake(s, Role::Writer, false);
+            }
+            Mode::Broadcast(_) => {
+                let mut h = self.lock();
+                if let Some(p) = pin {
+                    s.bcast_unpin(r, p);
+                    h.pins &= !(1 << p);
+                }
+                if let Some(k) = h.seqs.iter().position(|&q| q == g.seq) {
+                    h.seqs.swap_remove(k);
+                }
+                h.count = h.count.saturating_sub(1);
+                s.peer(r).held.store(h.seqs.len() as u64, Relaxed);
+                self.publish(&h);
+                drop(h);
+                wait::wake(s, Role::Writer, true);
+            }
+        }
+    }
+}
+
+/// The reading end of a ring. Made by [`Ring::reader`], [`Ring::lossy_reader`] or
+/// [`ReaderBuilder::attach`].
 ///
-/// [`recv`](Reader::recv) hands out one frame at a time as a [`ReadSlot`] that reads the
-/// shared memory in place; dropping the slot releases it. In broadcast mode every reader sees
-/// every frame committed after it attached (drop-oldest: unless it falls more than a ring
-/// behind; see [`ReadSlot::missed`]). In queue mode each frame goes to one reader.
+/// [`recv`](Reader::recv) hands out a frame as a [`ReadSlot`] that reads the shared memory in
+/// place and releases the frame when it is dropped. A reader may hold up to `max_held` frames
+/// at once (1 unless attached with more, see [`ReaderBuilder::max_held`]); asking for one more
+/// is an immediate [`RecvError::TooManyHeld`], never a wait. In broadcast mode every reader
+/// sees every frame committed after it attached (drop-oldest and lossy readers: unless they
+/// fall behind; see [`ReadSlot::missed`]). In queue mode each frame goes to one reader.
+///
+/// A reader belongs to the process that attached it: used in another process (a forked child)
+/// every call returns `WrongProcess`, and dropping it there leaves the ring untouched.
 ///
 /// # Polling
 ///
 /// A reader implements [`AsFd`]: register the fd with `poll`/epoll/mio/tokio for readability.
 /// After [`try_recv`](Reader::try_recv) has returned [`TryRecvError::Empty`] the fd becomes
-/// readable when the next frame is committed (or the writer detaches); call `try_recv` again
-/// until it returns `Empty` before waiting on the fd again. See `sync::doorbell` for how this
-/// works between unrelated processes.
+/// readable when the next frame is committed, and whenever no writer is attached any more
+/// (it detached or died: the kernel closes its end); call `try_recv` until it returns `Empty`
+/// before waiting on the fd again. Once the stream has ended the fd stays readable (like a
+/// socket at end of file) until a writer attaches again.
 pub struct Reader<T: Element, D: Dimension = IxDyn> {
+    core: Arc<ReaderCore>,
     ring: Ring<T, D>,
-    waiter: Waiter,
-    generation: u32,
-    doorbells: Option<DoorbellSender>,
-    /// The frame handed out by the last `recv`, released lazily (see [`ReadSlot`]).
-    held: Option<Grant>,
-    #[cfg(not(shmflow_no_doorbell))]
-    doorbell: DoorbellReceiver,
 }
 
 impl<T: Element, D: Dimension> std::fmt::Debug for Reader<T, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("ring", &self.ring.name())
-            .field("index", &self.waiter.index)
+            .field("index", &self.core.ep.index)
+            .field("max_held", &self.core.max_held)
             .finish()
     }
 }
 
-impl<T: Element, D: Dimension> Reader<T, D> {
-    pub(crate) fn new(
-        ring: Ring<T, D>,
-        index: usize,
-        generation: u32,
-        lossy: bool,
-    ) -> Result<Self, AttachError> {
-        let pid = ring.inner.pid;
-        #[cfg(not(shmflow_no_doorbell))]
-        let doorbell = {
-            let token = ring.shared().header().doorbell_token.load(Relaxed);
-            match DoorbellReceiver::bind(&doorbell_address(token, index as u32, generation)) {
-                Ok(d) => d,
-                Err(e) => {
-                    ring.shared().release_peer(index, pid, generation);
-                    return Err(AttachError::Io(e));
-                }
-            }
-        };
-        if !ring
-            .shared()
-            .attach_reader_with(index, pid, generation, lossy)
-        {
-            return Err(AttachError::Reclaimed);
-        }
-        let waiter = Waiter::new(ring.shared(), index, Role::Reader, pid);
-        Ok(Reader {
+/// Settings for a new reader. Made by [`Ring::attach_reader`].
+///
+/// # Examples
+///
+/// ```
+/// use shmflow::Ring;
+/// # let name = format!("doc-reader-builder-{}", std::process::id());
+/// let ring = Ring::<u8>::create(&name).shape([4]).slots(4).build()?;
+/// let mut reader = ring.attach_reader().max_held(2).attach()?;
+/// let mut writer = ring.writer()?;
+/// writer.send(&ndarray::arr1(&[1u8, 2, 3, 4]).into_dyn())?;
+/// writer.send(&ndarray::arr1(&[5u8, 6, 7, 8]).into_dyn())?;
+/// let a = reader.recv()?;
+/// let b = reader.recv()?; // two frames held at once
+/// assert_eq!((a[[0]], b[[0]]), (1, 5));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a ReaderBuilder attaches nothing until .attach()"]
+pub struct ReaderBuilder<T: Element, D: Dimension = IxDyn> {
+    ring: Ring<T, D>,
+    max_held: u32,
+    lossy: bool,
+}
+
+impl<T: Element, D: Dimension> ReaderBuilder<T, D> {
+    pub(crate) fn new(ring: Ring<T, D>) -> Self {
+        ReaderBuilder {
             ring,
-            waiter,
-            generation,
-            doorbells: None,
-            held: None,
-            #[cfg(not(shmflow_no_doorbell))]
-            doorbell,
-        })
+            max_held: 1,
+            lossy: false,
+        }
     }
 
+    /// How many frames the reader may hold at once (default 1). At most `slots - 1`, and at
+    /// most 16 for readers that pin their frames (drop-oldest rings, lossy readers).
+    pub fn max_held(mut self, n: u32) -> Self {
+        self.max_held = n;
+        self
+    }
+
+    /// A lossy reader of a lossless (block) ring: the writer does not wait for it, it only
+    /// never overwrites the frames this reader holds. The reader skips what it could not keep
+    /// up with, like a drop-oldest reader ([`ReadSlot::missed`]). For a live preview beside
+    /// lossless consumers. In other modes this changes nothing.
+    pub fn lossy(mut self, lossy: bool) -> Self {
+        self.lossy = lossy;
+        self
+    }
+
+    /// Attaches the reader.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::TooManyReaders`](crate::AttachError::TooManyReaders) when every reader
+    /// entry is held by a live process; [`AttachError::MaxHeld`](crate::AttachError::MaxHeld);
+    /// [`AttachError::WrongProcess`](crate::AttachError::WrongProcess) when the ring handle
+    /// came from another process; [`AttachError::Io`](crate::AttachError::Io) if the
+    /// doorbell or the liveness lock cannot be set up.
+    pub fn attach(self) -> Result<Reader<T, D>, crate::error::AttachError> {
+        let ring = self.ring;
+        let l = &ring.shared().layout;
+        let lossy = self.lossy && l.mode == Mode::Broadcast(super::Backpressure::Block);
+        let pins = lossy || l.mode == Mode::Broadcast(super::Backpressure::DropOldest);
+        let mut max = l.slot_count.saturating_sub(1).max(1);
+        if pins {
+            max = max.min(MAX_PINS as u32);
+        }
+        if self.max_held == 0 || self.max_held > max {
+            return Err(crate::error::AttachError::MaxHeld {
+                requested: self.max_held,
+                max,
+            });
+        }
+        let a = ring.attach_endpoint(Role::Reader, lossy, self.max_held)?;
+        #[cfg(not(shmflow_no_doorbell))]
+        let doorbell = a.reader_fd.expect("readers of rings get an fd");
+        let ep = a.endpoint;
+        Ok(Reader {
+            core: Arc::new(ReaderCore {
+                next: std::sync::atomic::AtomicU64::new(a.cursor),
+                max_held: self.max_held,
+                pins,
+                held: Mutex::new(Held::default()),
+                #[cfg(not(shmflow_no_doorbell))]
+                doorbell,
+                ep,
+            }),
+            ring,
+        })
+    }
+}
+
+/// Which frame a receive asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Next,
+    Latest,
+}
+
+impl<T: Element, D: Dimension> Reader<T, D> {
     /// The ring this reader belongs to.
     pub fn ring(&self) -> &Ring<T, D> {
         &self.ring
@@ -97,83 +269,165 @@ impl<T: Element, D: Dimension> Reader<T, D> {
 
     /// How blocking calls wait (default: spin 50 µs, then sleep).
     pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
-        self.waiter.strategy = strategy;
+        self.core.ep.waiter.set_strategy(strategy);
     }
 
     /// How often a blocked reader checks that the writers are alive (default 100 ms): a dead
-    /// writer turns into `Disconnected` (after the committed frames) within about this time.
+    /// writer turns into [`RecvError::WriterDied`] (after the committed frames) within about
+    /// this time.
     pub fn set_liveness_interval(&mut self, interval: Duration) {
-        self.waiter.liveness = interval.max(Duration::from_millis(1));
+        self.core.ep.waiter.set_liveness(interval);
     }
 
-    /// Total frames this reader missed (drop-oldest broadcast; always 0 otherwise).
+    /// The liveness interval (see `set_liveness_interval`).
+    pub fn liveness_interval(&self) -> Duration {
+        self.core.ep.waiter.liveness()
+    }
+
+    /// How many frames this reader may hold at once.
+    pub fn max_held(&self) -> u32 {
+        self.core.max_held
+    }
+
+    /// How many frames this reader holds now.
+    pub fn held(&self) -> u32 {
+        self.core.lock().count
+    }
+
+    /// Total frames this reader missed (drop-oldest, lossy readers, skips; 0 otherwise).
     pub fn missed(&self) -> u64 {
-        self.ring
+        self.core
             .shared()
-            .peer(self.waiter.index)
+            .peer(self.core.ep.index)
             .missed
             .load(Relaxed)
     }
 
     /// Frames this reader has received.
     pub fn frames_read(&self) -> u64 {
-        self.ring
+        self.core
             .shared()
-            .peer(self.waiter.index)
+            .peer(self.core.ep.index)
             .frames
             .load(Relaxed)
     }
 
-    /// Skips every committed frame: the next `recv` returns the next frame the writer commits
-    /// (broadcast; for live displays that only want the newest frame). Returns how many frames
-    /// were skipped. Does nothing in queue mode.
+    /// Skips every committed frame not received yet: the next `recv` returns the next frame
+    /// the writer commits (broadcast; for live displays that only want the newest frame; see
+    /// also [`recv_latest`](Reader::recv_latest)). Frames held stay held. Returns how many
+    /// frames were skipped. Does nothing in queue mode, or in another process.
     pub fn skip_to_latest(&mut self) -> u64 {
-        let s = self.ring.shared();
-        if s.layout.mode == Mode::Queue {
+        let core = &*self.core;
+        let s = core.shared();
+        if s.layout.mode == Mode::Queue || core.ep.check_process().is_err() {
             return 0;
         }
-        let e = s.peer(self.waiter.index);
         let w = s.control().write_seq.v.load(Acquire);
-        let c = e.cursor.load(Relaxed);
-        if w > c {
-            e.cursor.store(w, SeqCst);
-            e.missed.fetch_add(w - c, Relaxed);
-            // A lossless writer may be waiting for us.
-            wait::wake(s, Role::Writer, true, &mut self.doorbells);
+        let h = core.lock();
+        let next = core.next.load(Relaxed);
+        if w <= next {
+            return 0;
         }
-        w.saturating_sub(c)
+        core.next.store(w, Relaxed);
+        s.peer(core.ep.index).missed.fetch_add(w - next, Relaxed);
+        core.publish(&h);
+        drop(h);
+        // A lossless writer may be waiting for us.
+        wait::wake(s, Role::Writer, true);
+        w - next
     }
 
-    fn attempt(shared: &Shared, index: usize) -> Step<Grant> {
+    fn attempt(core: &ReaderCore, want: Want, pin: Option<usize>) -> Step<Grant> {
+        let shared = core.shared();
+        let index = core.ep.index;
         let take = || match shared.layout.mode {
             Mode::Queue => shared.q_try_acquire(index),
-            Mode::Broadcast(_) => shared.bcast_try_acquire(index),
+            Mode::Broadcast(_) => {
+                let mut next = core.next.load(Relaxed);
+                if want == Want::Latest {
+                    let w = shared.control().write_seq.v.load(Acquire);
+                    if w > next + 1 {
+                        next = w - 1;
+                    }
+                }
+                shared.bcast_try_acquire(index, next, pin).map(|mut g| {
+                    // Frames passed over on the way to the latest count as missed too.
+                    g.extra = g.seq - core.next.load(Relaxed);
+                    if want == Want::Latest && g.extra > 0 {
+                        let skipped = next - core.next.load(Relaxed);
+                        shared.peer(index).missed.fetch_add(skipped, Relaxed);
+                    }
+                    g
+                })
+            }
         };
         if let Some(g) = take() {
             return Step::Ready(g);
         }
-        if shared.writers_gone() {
-            // A frame may have been committed just before the writer detached.
-            return match take() {
+        match shared.writers() {
+            Writers::NotYet | Writers::Attached => Step::Pending,
+            // A frame may have been committed just before the writer left.
+            gone => match take() {
                 Some(g) => Step::Ready(g),
-                None => Step::Fail(WaitEnd::Disconnected),
-            };
+                None => Step::Fail(match gone {
+                    Writers::Died { pid, frames } => WaitEnd::WriterDied { pid, frames },
+                    _ => WaitEnd::Disconnected,
+                }),
+            },
         }
-        Step::Pending
     }
 
-    fn wait_grant(&mut self, deadline: Option<u64>) -> Result<Grant, WaitEnd> {
-        let shared: &Shared = &self.ring.inner.shared;
-        let index = self.waiter.index;
-        self.waiter.wait(shared, deadline, &mut self.doorbells, || {
-            Self::attempt(shared, index)
-        })
+    /// Reserves room for one more held frame (and a pin), or says why not.
+    fn begin(&self) -> Result<Option<usize>, RecvError> {
+        let core = &*self.core;
+        core.ep
+            .check_process()
+            .map_err(|owner| RecvError::WrongProcess { owner })?;
+        let mut h = core.lock();
+        if h.count >= core.max_held {
+            return Err(RecvError::TooManyHeld {
+                max_held: core.max_held,
+            });
+        }
+        h.count += 1;
+        let pin = if core.pins && core.shared().layout.mode != Mode::Queue {
+            let p = (!h.pins).trailing_zeros() as usize;
+            debug_assert!(p < core.max_held as usize);
+            h.pins |= 1 << p;
+            Some(p)
+        } else {
+            None
+        };
+        Ok(pin)
     }
 
-    /// Checks a granted frame's metadata (another process wrote it) and builds the slot, or
-    /// releases the frame and reports it corrupted.
-    fn slot(&mut self, g: Grant) -> Result<ReadSlot<'_, T, D>, u64> {
-        let shared: &Shared = &self.ring.inner.shared;
+    /// Undoes [`Reader::begin`] when no frame was granted.
+    fn abandon(&self, pin: Option<usize>) {
+        let mut h = self.core.lock();
+        h.count = h.count.saturating_sub(1);
+        if let Some(p) = pin {
+            h.pins &= !(1 << p);
+        }
+    }
+
+    /// Records a granted frame as held, checks its metadata (another process wrote it) and
+    /// builds the guard, or releases the frame and reports it corrupted.
+    fn finish(&self, g: Grant, pin: Option<usize>) -> Result<ReadSlot<T, D>, u64> {
+        let core = &self.core;
+        let shared = core.shared();
+        let r = core.ep.index;
+        {
+            let mut h = core.lock();
+            if shared.layout.mode != Mode::Queue {
+                h.seqs.push(g.seq);
+                core.next.store(g.seq + 1, Relaxed);
+                core.publish(&h);
+                shared.peer(r).held.store(h.seqs.len() as u64, Relaxed);
+            } else {
+                shared.peer(r).held.store(u64::from(h.count), Relaxed);
+            }
+        }
+        shared.peer(r).frames.fetch_add(1, Relaxed);
         let l = &shared.layout;
         let m = shared.meta(g.slot);
         // `ndim` comes from another process: compare it, never size anything by it (a hostile
@@ -193,49 +447,44 @@ impl<T: Element, D: Dimension> Reader<T, D> {
         }
         let elems: usize = shape.iter().product();
         if !ok || m.len.load(Relaxed) != (elems * std::mem::size_of::<T>()) as u64 {
-            self.release_grant(g);
+            core.release(g, pin);
             return Err(g.seq);
         }
         let (timestamp_ns, tag) = (m.timestamp_ns.load(Relaxed), m.tag.load(Relaxed));
         let ptr = shared.payload(g.slot) as *const T;
         // SAFETY: the protocol granted us this slot for reading: it is FULL with sequence
-        // g.seq and no writer reuses it until we release it (queue: READING(us); broadcast
-        // block: our cursor holds it; drop-oldest: our pin holds it). The length fits the
-        // slot (each dimension <= max, checked above), the payload is 64-byte aligned, and
-        // every bit pattern is a valid T (Element contract).
-        let data: &[T] = unsafe { std::slice::from_raw_parts(ptr, elems) };
-        self.held = Some(g);
-        let view = ArrayView::from_shape(dim_of::<D>(&shape), data)
-            .expect("slice length equals the shape's element count");
+        // g.seq and no writer reuses it until the guard below releases it (queue: READING(us);
+        // block: our published cursor is at most g.seq; drop-oldest and lossy: our pin names
+        // the slot). The shape fits the slot (each dimension <= max, checked above), the
+        // payload is 64-byte aligned, and every bit pattern is a valid T (Element contract).
+        // The view is stored with a 'static lifetime but never handed out as such: callers
+        // only get views that borrow the guard, and the guard keeps the mapping alive (its
+        // Arc holds the ring).
+        let view: ArrayView<'static, T, D> = unsafe { view::frame(ptr, &shape) };
         Ok(ReadSlot {
+            core: Arc::clone(core),
+            grant: g,
+            pin,
             view,
-            seq: g.seq,
-            missed: g.extra,
             shape,
             timestamp_ns,
             tag,
-            _reader: std::marker::PhantomData,
+            _t: PhantomData,
         })
     }
 
-    /// Releases the frame returned by the previous `recv` (if any) now, instead of at the
-    /// next call. Useful before a reader goes idle: a lossless writer may be waiting for it.
-    pub fn release(&mut self) {
-        if let Some(g) = self.held.take() {
-            self.release_grant(g);
-        }
-    }
-
-    fn release_grant(&mut self, g: Grant) {
-        let shared: &Shared = &self.ring.inner.shared;
-        match shared.layout.mode {
-            Mode::Queue => {
-                shared.q_release(self.waiter.index, g);
-                wait::wake(shared, Role::Writer, false, &mut self.doorbells);
-            }
-            Mode::Broadcast(_) => {
-                shared.bcast_release(self.waiter.index, g);
-                wait::wake(shared, Role::Writer, true, &mut self.doorbells);
+    fn receive(&mut self, want: Want, deadline: Option<u64>) -> Result<ReadSlot<T, D>, WaitEnd2> {
+        let pin = self.begin().map_err(WaitEnd2::Recv)?;
+        let core = Arc::clone(&self.core);
+        let r = core
+            .ep
+            .waiter
+            .wait(core.shared(), deadline, || Self::attempt(&core, want, pin));
+        match r {
+            Ok(g) => self.finish(g, pin).map_err(|seq| WaitEnd2::Corrupted { seq }),
+            Err(e) => {
+                self.abandon(pin);
+                Err(WaitEnd2::End(e))
             }
         }
     }
@@ -245,42 +494,80 @@ impl<T: Element, D: Dimension> Reader<T, D> {
     ///
     /// # Errors
     ///
-    /// [`TryRecvError::Empty`], [`TryRecvError::Disconnected`] (no writer and nothing left),
-    /// [`TryRecvError::Corrupted`] (a frame with invalid metadata was skipped).
-    pub fn try_recv(&mut self) -> Result<ReadSlot<'_, T, D>, TryRecvError> {
-        self.release();
-        let index = self.waiter.index;
-        let mut step = Self::attempt(&self.ring.inner.shared, index);
-        if matches!(step, Step::Pending)
-            && self
-                .waiter
-                .maybe_tick(&self.ring.inner.shared, &mut self.doorbells)
+    /// [`TryRecvError::Empty`]; [`TryRecvError::Disconnected`] (the writer detached and
+    /// nothing is left) or [`TryRecvError::WriterDied`] (it died); [`TryRecvError::Corrupted`]
+    /// (a frame with invalid metadata was skipped); [`TryRecvError::TooManyHeld`];
+    /// [`TryRecvError::WrongProcess`].
+    pub fn try_recv(&mut self) -> Result<ReadSlot<T, D>, TryRecvError> {
+        self.try_take(Want::Next)
+    }
+
+    /// As [`try_recv`](Reader::try_recv), but returns the newest committed frame this reader
+    /// has not received, skipping (and counting as missed) the older ones. Queue mode: the
+    /// same as `try_recv`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Reader::try_recv`].
+    pub fn try_recv_latest(&mut self) -> Result<ReadSlot<T, D>, TryRecvError> {
+        self.try_take(Want::Latest)
+    }
+
+    fn try_take(&mut self, want: Want) -> Result<ReadSlot<T, D>, TryRecvError> {
+        let pin = self.begin()?;
+        let core = Arc::clone(&self.core);
+        let shared = core.shared();
+        let mut step = Self::attempt(&core, want, pin);
+        if matches!(step, Step::Pending) && (core.ep.waiter.maybe_tick(shared) || self.hung_up())
         {
-            step = Self::attempt(&self.ring.inner.shared, index);
+            step = Self::attempt(&core, want, pin);
         }
         if matches!(step, Step::Pending) {
             self.arm();
             // Re-check after arming: a frame committed in between would not ring the doorbell.
-            step = Self::attempt(&self.ring.inner.shared, index);
+            step = Self::attempt(&core, want, pin);
         }
-        match step {
-            Step::Ready(g) => self.slot(g).map_err(|seq| TryRecvError::Corrupted { seq }),
-            Step::Pending => Err(TryRecvError::Empty),
-            Step::Fail(WaitEnd::Disconnected) => Err(TryRecvError::Disconnected),
-            Step::Fail(_) => Err(TryRecvError::Empty),
+        let end = match step {
+            Step::Ready(g) => {
+                return self
+                    .finish(g, pin)
+                    .map_err(|seq| TryRecvError::Corrupted { seq })
+            }
+            Step::Pending => TryRecvError::Empty,
+            Step::Fail(WaitEnd::Disconnected) => TryRecvError::Disconnected,
+            Step::Fail(WaitEnd::WriterDied { pid, frames }) => {
+                TryRecvError::WriterDied { pid, frames }
+            }
+            Step::Fail(_) => TryRecvError::Empty,
+        };
+        self.abandon(pin);
+        Err(end)
+    }
+
+    /// Every writer's end of the reader's liveness fd is closed (they detached or died):
+    /// check the writers now rather than at the next liveness interval.
+    fn hung_up(&self) -> bool {
+        #[cfg(not(shmflow_no_doorbell))]
+        {
+            if self.core.doorbell.writers_gone() {
+                self.core.ep.waiter.tick_now(self.core.shared());
+                return true;
+            }
         }
+        false
     }
 
     #[cfg(not(shmflow_no_doorbell))]
     fn arm(&mut self) {
-        let shared: &Shared = &self.ring.inner.shared;
+        let shared = self.core.shared();
+        let index = self.core.ep.index;
         // Still armed from an earlier `Empty`: the doorbell has not been rung since, so there
         // is nothing to drain (this keeps a polling loop of `try_recv` free of syscalls).
-        if shared.peer(self.waiter.index).flags.load(SeqCst) & super::shared::FLAG_ARMED != 0 {
+        if shared.peer(index).flags.load(SeqCst) & super::shared::FLAG_ARMED != 0 {
             return;
         }
-        let _ = self.doorbell.drain();
-        wait::arm(shared, self.waiter.index);
+        self.core.doorbell.drain();
+        wait::arm(shared, index);
     }
 
     #[cfg(shmflow_no_doorbell)]
@@ -290,34 +577,73 @@ impl<T: Element, D: Dimension> Reader<T, D> {
     ///
     /// # Errors
     ///
-    /// [`RecvError::Disconnected`] once no writer is attached (it detached, or died: found
-    /// within the liveness interval) and every committed frame has been read;
-    /// [`RecvError::Corrupted`].
-    pub fn recv(&mut self) -> Result<ReadSlot<'_, T, D>, RecvError> {
-        self.release();
-        match self.wait_grant(None) {
-            Ok(g) => self.slot(g).map_err(|seq| RecvError::Corrupted { seq }),
-            Err(_) => Err(RecvError::Disconnected),
-        }
+    /// [`RecvError::Disconnected`] once the writer has detached and every committed frame has
+    /// been read; [`RecvError::WriterDied`] when it died instead (found within the liveness
+    /// interval); [`RecvError::Corrupted`]; [`RecvError::TooManyHeld`] at once when the reader
+    /// already holds `max_held` frames; [`RecvError::WrongProcess`].
+    pub fn recv(&mut self) -> Result<ReadSlot<T, D>, RecvError> {
+        self.receive(Want::Next, None).map_err(WaitEnd2::into_recv)
+    }
+
+    /// Returns the newest committed frame this reader has not received yet, without waiting
+    /// if there is one (older ones are skipped and counted in [`Reader::missed`]); otherwise
+    /// waits for the next one. No call moves the reader backwards. Queue mode: the same as
+    /// [`recv`](Reader::recv).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Reader::recv`].
+    pub fn recv_latest(&mut self) -> Result<ReadSlot<T, D>, RecvError> {
+        self.receive(Want::Latest, None).map_err(WaitEnd2::into_recv)
     }
 
     /// Waits at most `timeout` for the next frame.
     ///
     /// # Errors
     ///
-    /// [`RecvTimeoutError::Timeout`], [`RecvTimeoutError::Disconnected`],
-    /// [`RecvTimeoutError::Corrupted`].
-    pub fn recv_timeout(
+    /// [`RecvTimeoutError::Timeout`], and the errors of [`Reader::recv`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<ReadSlot<T, D>, RecvTimeoutError> {
+        self.receive(Want::Next, Some(deadline_after(timeout)))
+            .map_err(WaitEnd2::into_timeout)
+    }
+
+    /// As [`recv_latest`](Reader::recv_latest), waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Reader::recv_timeout`].
+    pub fn recv_latest_timeout(
         &mut self,
         timeout: Duration,
-    ) -> Result<ReadSlot<'_, T, D>, RecvTimeoutError> {
-        self.release();
-        match self.wait_grant(Some(deadline_after(timeout))) {
-            Ok(g) => self
-                .slot(g)
-                .map_err(|seq| RecvTimeoutError::Corrupted { seq }),
-            Err(WaitEnd::Timeout) => Err(RecvTimeoutError::Timeout),
-            Err(_) => Err(RecvTimeoutError::Disconnected),
+    ) -> Result<ReadSlot<T, D>, RecvTimeoutError> {
+        self.receive(Want::Latest, Some(deadline_after(timeout)))
+            .map_err(WaitEnd2::into_timeout)
+    }
+}
+
+/// How a receive ended without a frame.
+enum WaitEnd2 {
+    Recv(RecvError),
+    End(WaitEnd),
+    Corrupted { seq: u64 },
+}
+
+impl WaitEnd2 {
+    fn into_recv(self) -> RecvError {
+        match self {
+            WaitEnd2::Recv(e) => e,
+            WaitEnd2::Corrupted { seq } => RecvError::Corrupted { seq },
+            WaitEnd2::End(WaitEnd::WriterDied { pid, frames }) => {
+                RecvError::WriterDied { pid, frames }
+            }
+            WaitEnd2::End(_) => RecvError::Disconnected,
+        }
+    }
+
+    fn into_timeout(self) -> RecvTimeoutError {
+        match self {
+            WaitEnd2::End(WaitEnd::Timeout) => RecvTimeoutError::Timeout,
+            other => other.into_recv().into(),
         }
     }
 }
@@ -325,57 +651,70 @@ impl<T: Element, D: Dimension> Reader<T, D> {
 #[cfg(not(shmflow_no_doorbell))]
 impl<T: Element, D: Dimension> AsFd for Reader<T, D> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.doorbell.as_fd()
+        self.core.doorbell.as_fd()
     }
 }
 
-impl<T: Element, D: Dimension> Drop for Reader<T, D> {
-    fn drop(&mut self) {
-        self.release();
-        let shared: &Shared = &self.ring.inner.shared;
-        wait::disarm(shared, self.waiter.index);
-        shared.release_peer(self.waiter.index, self.ring.inner.pid, self.generation);
-        // A lossless writer may be waiting for this reader's cursor.
-        wait::wake(shared, Role::Writer, true, &mut self.doorbells);
-    }
-}
-
-/// A frame held for reading: derefs to an [`ArrayView`] of the shared memory, in place.
+/// A frame held for reading: derefs to an [`ArrayRef`] of the shared memory, in place, and
+/// releases the frame when dropped.
 ///
-/// The slot goes back to the writer when the reader is next used (`recv`, `try_recv`,
-/// `recv_timeout`, [`Reader::release`]) or dropped — not when the `ReadSlot` itself is dropped.
-/// This is what makes handing out an `ArrayView<'a>` sound: views are `Copy`, so a copy may
-/// outlive the `ReadSlot`, but never the `&'a mut Reader` borrow, and the slot is released
-/// only once that borrow has ended.
-pub struct ReadSlot<'a, T: Element, D: Dimension = IxDyn> {
-    view: ArrayView<'a, T, D>,
-    seq: u64,
-    missed: u64,
+/// The guard owns its claim on the slot: it does not borrow the [`Reader`], is `Send`, and can
+/// be moved to another thread or held across an `.await`; the reader may be dropped first (it
+/// stays attached until its last frame is released). Views ([`view`](ReadSlot::view), the
+/// slice forms, and everything reached through `Deref`) borrow the guard, so none outlives it.
+///
+/// # Examples
+///
+/// ```
+/// use shmflow::Ring;
+/// # let name = format!("doc-read-slot-{}", std::process::id());
+/// let ring = Ring::<u16>::create(&name).shape([2, 3]).build()?;
+/// let mut reader = ring.reader()?;
+/// let mut writer = ring.writer()?;
+/// let mut slot = writer.reserve()?;
+/// slot.view_mut().fill(7);
+/// slot.commit();
+///
+/// let frame = reader.recv()?;
+/// let sum: u16 = frame.sum();          // ArrayRef methods through Deref
+/// assert_eq!(sum, 42);
+/// let owned = frame.to_owned();        // keep the data after releasing the frame
+/// drop(frame);                         // the slot goes back to the writer now
+/// assert_eq!(owned[[1, 2]], 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ReadSlot<T: Element, D: Dimension = IxDyn> {
+    core: Arc<ReaderCore>,
+    grant: Grant,
+    pin: Option<usize>,
+    /// Never handed out with this lifetime: see `Reader::finish`.
+    view: ArrayView<'static, T, D>,
     shape: Vec<usize>,
     timestamp_ns: u64,
     tag: u64,
-    _reader: std::marker::PhantomData<&'a mut Reader<T, D>>,
+    _t: PhantomData<fn() -> T>,
 }
 
-impl<T: Element, D: Dimension> std::fmt::Debug for ReadSlot<'_, T, D> {
+impl<T: Element, D: Dimension> std::fmt::Debug for ReadSlot<T, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadSlot")
-            .field("seq", &self.seq)
+            .field("seq", &self.grant.seq)
             .field("shape", &self.shape)
-            .field("missed", &self.missed)
+            .field("missed", &self.grant.extra)
             .field("tag", &self.tag)
             .finish()
     }
 }
 
-impl<'a, T: Element, D: Dimension> ReadSlot<'a, T, D> {
+impl<T: Element, D: Dimension> ReadSlot<T, D> {
     /// The frame's sequence number (0 for the ring's first frame).
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.grant.seq
     }
-    /// Frames this reader missed just before this one (drop-oldest; otherwise 0).
+    /// Frames this reader missed just before this one (drop-oldest, lossy, `recv_latest`;
+    /// otherwise 0).
     pub fn missed(&self) -> u64 {
-        self.missed
+        self.grant.extra
     }
     /// The frame's shape.
     pub fn shape(&self) -> &[usize] {
@@ -390,27 +729,34 @@ impl<'a, T: Element, D: Dimension> ReadSlot<'a, T, D> {
         self.tag
     }
     /// The frame's elements in row-major order.
-    pub fn as_slice(&self) -> &'a [T] {
+    pub fn as_slice(&self) -> &[T] {
         self.view
-            .to_slice()
+            .as_slice()
             .expect("views over slots are in standard layout")
     }
     /// The frame's bytes.
-    pub fn as_bytes(&self) -> &'a [u8] {
-        let s = self.as_slice();
-        // SAFETY: reinterpreting initialised elements of a plain numeric type (no padding,
-        // Element contract) as bytes, same length in bytes, alignment 1.
-        unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
+    pub fn as_bytes(&self) -> &[u8] {
+        crate::array::as_bytes(self.as_slice())
     }
-    /// The view (same as deref).
-    pub fn view(&self) -> ArrayView<'a, T, D> {
-        self.view.clone()
+    /// A view of the frame that borrows this guard.
+    pub fn view(&self) -> ArrayView<'_, T, D> {
+        self.view.view()
     }
 }
 
-impl<'a, T: Element, D: Dimension> Deref for ReadSlot<'a, T, D> {
-    type Target = ArrayView<'a, T, D>;
-    fn deref(&self) -> &Self::Target {
+impl<T: Element, D: Dimension> Deref for ReadSlot<T, D> {
+    type Target = ArrayRef<T, D>;
+    fn deref(&self) -> &ArrayRef<T, D> {
         &self.view
+    }
+}
+
+impl<T: Element, D: Dimension> Drop for ReadSlot<T, D> {
+    fn drop(&mut self) {
+        if self.core.ep.owner.is_current() {
+            self.core.release(self.grant, self.pin);
+        }
+        // In another process (the guard was inherited through fork) the frame is the
+        // parent's: leave it.
     }
 }

@@ -86,8 +86,11 @@ pub(crate) const FLAG_SLEEPING: u32 = 1;
 /// Peer flag: wants its doorbell rung on the next frame.
 pub(crate) const FLAG_ARMED: u32 = 2;
 /// Peer flag (broadcast block reader): lossy — the writer ignores its cursor and only avoids
-/// the frame it has pinned. Set before the reader becomes ACTIVE, never changed after.
+/// the frames it has pinned. Set before the reader becomes ACTIVE, never changed after.
 pub(crate) const FLAG_LOSSY: u32 = 4;
+/// Peer flag (reader): the attach handshake is complete; from now on it sees every frame
+/// committed (status displays and `wait_readers` count only such readers).
+pub(crate) const FLAG_READY: u32 = 8;
 
 /// One cache line holding one counter.
 #[repr(C, align(64))]
@@ -116,30 +119,45 @@ pub(crate) struct Control {
     pub abandoned: AtomicU64,
     /// Round-robin start for queue wake-ups.
     pub wake_hint: AtomicU64,
-    pub _reserved: [AtomicU64; 9],
+    /// `1 << 32 | pid` of the last writer found dead (reclaimed), 0 if none since the last
+    /// writer attached: readers then end with `WriterDied` instead of `Disconnected`.
+    pub died_writer: AtomicU64,
+    /// Frames committed (`write_seq`) when that writer was reclaimed.
+    pub died_after: AtomicU64,
+    pub _reserved: [AtomicU64; 7],
 }
 
-/// One entry of the peer table (128 bytes). Readers come first, then writers.
+/// Pins a drop-oldest (or lossy) reader can hold at once: the frames it holds.
+pub(crate) const MAX_PINS: usize = 16;
+
+/// One entry of the peer table (256 bytes). Readers come first, then writers.
 #[repr(C)]
 pub(crate) struct PeerEntry {
     /// `pid << 32 | generation << 8 | status`.
     pub state: AtomicU64,
-    /// Start time of `pid` (clock ticks since boot), so a reused pid is not mistaken for it.
+    /// Start time of `pid` (clock ticks since boot), for display: liveness is the peer's lock.
     pub start_time: AtomicU64,
-    /// Broadcast reader: the sequence it reads next (or holds).
+    /// Broadcast reader: lossless (block) readers publish the lowest sequence they hold or
+    /// will read next (the writer reuses only slots below it); drop-oldest and lossy readers
+    /// publish the next sequence they will read (for backlog figures).
     pub cursor: AtomicU64,
-    /// Broadcast drop-oldest reader: `(slot + 1) << 48 | seq` of the frame it holds, or 0.
-    pub pin: AtomicU64,
-    /// [`FLAG_SLEEPING`] | [`FLAG_ARMED`] | [`FLAG_LOSSY`].
+    /// [`FLAG_SLEEPING`] | [`FLAG_ARMED`] | [`FLAG_LOSSY`] | [`FLAG_READY`].
     pub flags: AtomicU32,
-    pub _pad: AtomicU32,
-    /// Broadcast reader: frames it missed (drop-oldest).
+    /// Reader: how many frames it may hold at once (chosen at attach; the writer scans this
+    /// many of its pins, at most [`MAX_PINS`]).
+    pub max_held: AtomicU32,
+    /// Broadcast reader: frames it missed (drop-oldest, lossy, skips).
     pub missed: AtomicU64,
     /// Frames received (reader) or committed (writer).
     pub frames: AtomicU64,
+    /// Reader: frames it holds now (for status displays).
+    pub held: AtomicU64,
     pub _reserved0: AtomicU64,
     /// The process-shared semaphore this peer sleeps on.
     pub sem: UnsafeCell<[u64; 4]>,
+    /// Drop-oldest and lossy readers: one pin per frame held, `seq << 32 | (slot + 1)`
+    /// (0 = unused). The writer refuses any slot a pin names.
+    pub pins: [AtomicU64; MAX_PINS],
     pub _reserved1: [AtomicU64; 4],
 }
 
@@ -168,6 +186,7 @@ const _: () = {
     assert!(std::mem::size_of::<Control>() == 256);
     assert!(std::mem::size_of::<PeerEntry>() == PEER_STRIDE as usize);
     assert!(std::mem::offset_of!(PeerEntry, sem) == 64);
+    assert!(std::mem::offset_of!(PeerEntry, pins) == 96);
     assert!(std::mem::size_of::<SlotMeta>() == META_STRIDE as usize);
     assert!(CONTROL_OFFSET as usize == std::mem::size_of::<Header>());
 };
@@ -278,6 +297,8 @@ fn zero_control() -> Control {
         lost: z64(),
         abandoned: z64(),
         wake_hint: z64(),
+        died_writer: z64(),
+        died_after: z64(),
         _reserved: std::array::from_fn(|_| z64()),
     }
 }
@@ -287,13 +308,14 @@ fn zero_peer() -> PeerEntry {
         state: z64(),
         start_time: z64(),
         cursor: z64(),
-        pin: z64(),
         flags: z32(),
-        _pad: z32(),
+        max_held: z32(),
         missed: z64(),
         frames: z64(),
+        held: z64(),
         _reserved0: z64(),
         sem: UnsafeCell::new([0; 4]),
+        pins: std::array::from_fn(|_| z64()),
         _reserved1: std::array::from_fn(|_| z64()),
     }
 }

@@ -60,19 +60,27 @@ pub(crate) enum Step<R> {
 pub(crate) enum WaitEnd {
     Timeout,
     Disconnected,
+    /// The writer died (found by a lock test) after committing `frames` frames.
+    WriterDied {
+        pid: u32,
+        frames: u64,
+    },
     Exhausted,
 }
 
-/// The waiting side of an endpoint: its peer index, semaphore and settings.
+/// The waiting side of an endpoint: its peer index, semaphore and settings. Shared by the
+/// endpoint and its frame guards (which may live on other threads), so the settings are
+/// atomics.
 pub(crate) struct Waiter {
     pub index: usize,
     /// When a non-blocking call last checked the peers (monotonic ns).
     last_check: std::sync::atomic::AtomicU64,
     pub role: Role,
-    pub strategy: WaitStrategy,
-    pub liveness: Duration,
+    /// Spin time in ns before sleeping; `u64::MAX` = busy-poll.
+    spin_ns: std::sync::atomic::AtomicU64,
+    /// Liveness interval in ns.
+    liveness_ns: std::sync::atomic::AtomicU64,
     sem: Semaphore,
-    pid: u32,
 }
 
 impl std::fmt::Debug for Waiter {
@@ -80,7 +88,7 @@ impl std::fmt::Debug for Waiter {
         f.debug_struct("Waiter")
             .field("index", &self.index)
             .field("role", &self.role)
-            .field("strategy", &self.strategy)
+            .field("strategy", &self.strategy())
             .finish()
     }
 }
@@ -89,13 +97,13 @@ fn now_ns() -> u64 {
     sys::monotonic_ns()
 }
 
-/// Liveness test used by reclamation: same process is alive; otherwise pid and start time.
-pub(crate) fn peer_alive(me: u32) -> impl FnMut(u32, u64) -> bool {
-    move |pid, start| pid == me || sys::pid_alive(pid, start)
+/// Liveness test used by reclamation (see [`Shared::peer_alive`]).
+pub(crate) fn peer_alive(shared: &Shared) -> impl FnMut(usize, u32, u64) -> bool + '_ {
+    move |i, _pid, _start| super::liveness::peer_alive(shared, i)
 }
 
 impl Waiter {
-    pub(crate) fn new(shared: &Shared, index: usize, role: Role, pid: u32) -> Waiter {
+    pub(crate) fn new(shared: &Shared, index: usize, role: Role) -> Waiter {
         // SAFETY: the semaphore storage of every peer entry is 32 bytes, 8-aligned, inside the
         // mapping that `shared` keeps alive as long as the endpoint (which owns this Waiter);
         // the creator initialised it (`sem_init`, pshared = 1) before publishing the ready
@@ -105,15 +113,51 @@ impl Waiter {
             let _ = Semaphore::repair(shared.sem_ptr(index));
             Semaphore::from_ptr(shared.sem_ptr(index))
         };
-        Waiter {
+        let w = Waiter {
             index,
             last_check: std::sync::atomic::AtomicU64::new(sys::monotonic_ns()),
             role,
-            strategy: WaitStrategy::default(),
-            liveness: DEFAULT_LIVENESS_INTERVAL,
+            spin_ns: std::sync::atomic::AtomicU64::new(0),
+            liveness_ns: std::sync::atomic::AtomicU64::new(
+                DEFAULT_LIVENESS_INTERVAL.as_nanos() as u64,
+            ),
             sem,
-            pid,
+        };
+        w.set_strategy(WaitStrategy::default());
+        w
+    }
+
+    /// How blocking calls wait.
+    pub(crate) fn strategy(&self) -> WaitStrategy {
+        match self.spin_ns.load(Relaxed) {
+            u64::MAX => WaitStrategy::BusyPoll,
+            ns => WaitStrategy::SpinThenBlock {
+                spin: Duration::from_nanos(ns),
+            },
         }
+    }
+
+    pub(crate) fn set_strategy(&self, strategy: WaitStrategy) {
+        let ns = match strategy {
+            WaitStrategy::BusyPoll => u64::MAX,
+            WaitStrategy::SpinThenBlock { spin } => {
+                (spin.as_nanos().min(u128::from(u64::MAX - 1))) as u64
+            }
+        };
+        self.spin_ns.store(ns, Relaxed);
+    }
+
+    /// How often peers are checked while waiting.
+    pub(crate) fn liveness(&self) -> Duration {
+        Duration::from_nanos(self.liveness_ns.load(Relaxed))
+    }
+
+    pub(crate) fn set_liveness(&self, interval: Duration) {
+        let ns = interval
+            .max(Duration::from_millis(1))
+            .as_nanos()
+            .min(u128::from(u64::MAX)) as u64;
+        self.liveness_ns.store(ns, Relaxed);
     }
 
     fn waiters<'s>(&self, shared: &'s Shared) -> &'s crate::primitive::AtomicU64 {
@@ -125,31 +169,33 @@ impl Waiter {
 
     /// Reclaims dead peers of both roles; wakes everyone if any was found, so that other
     /// waiters re-check (for example to see `Disconnected`).
-    pub(crate) fn tick(&self, shared: &Shared, doorbells: &mut Option<DoorbellSender>) {
-        let mut alive = peer_alive(self.pid);
+    pub(crate) fn tick(&self, shared: &Shared) {
+        let mut alive = peer_alive(shared);
         let n = shared.reclaim_dead(Role::Reader, Some(self.index), &mut alive)
             + shared.reclaim_dead(Role::Writer, Some(self.index), &mut alive);
         if n > 0 {
-            wake(shared, Role::Reader, true, doorbells);
-            wake(shared, Role::Writer, true, doorbells);
+            wake(shared, Role::Reader, true);
+            wake(shared, Role::Writer, true);
         }
+    }
+
+    /// Checks the peers now (a reader's fd reported that every writer is gone).
+    pub(crate) fn tick_now(&self, shared: &Shared) {
+        self.last_check.store(sys::monotonic_ns(), Relaxed);
+        self.tick(shared);
     }
 
     /// For non-blocking calls (`try_recv`, `try_reserve`) that found nothing: checks the
     /// peers at most once per liveness interval, so an event loop that only ever polls still
     /// learns that its writer died (`Disconnected`) or that a dead reader no longer holds a
     /// lossless writer. Returns true if it checked.
-    pub(crate) fn maybe_tick(
-        &self,
-        shared: &Shared,
-        doorbells: &mut Option<DoorbellSender>,
-    ) -> bool {
+    pub(crate) fn maybe_tick(&self, shared: &Shared) -> bool {
         let now = sys::monotonic_ns();
-        if now.saturating_sub(self.last_check.load(Relaxed)) < self.liveness.as_nanos() as u64 {
+        if now.saturating_sub(self.last_check.load(Relaxed)) < self.liveness_ns.load(Relaxed) {
             return false;
         }
         self.last_check.store(now, Relaxed);
-        self.tick(shared, doorbells);
+        self.tick(shared);
         true
     }
 
@@ -158,7 +204,6 @@ impl Waiter {
         &self,
         shared: &Shared,
         deadline: Option<u64>,
-        doorbells: &mut Option<DoorbellSender>,
         mut attempt: impl FnMut() -> Step<R>,
     ) -> Result<R, WaitEnd> {
         macro_rules! try_once {
@@ -172,15 +217,12 @@ impl Waiter {
         }
         try_once!();
         let start = now_ns();
-        let liveness = self.liveness.as_nanos().max(1) as u64;
+        let liveness = self.liveness_ns.load(Relaxed).max(1);
         // Liveness checks are counted across calls (`last_check`), not from this call's start:
         // an endpoint that calls `recv_timeout` / `reserve_timeout` with timeouts shorter than
         // the liveness interval, over and over, must still check its peers once per interval.
         let mut next_tick = self.last_check.load(Relaxed).saturating_add(liveness);
-        let spin = match self.strategy {
-            WaitStrategy::SpinThenBlock { spin } => spin.as_nanos() as u64,
-            WaitStrategy::BusyPoll => u64::MAX,
-        };
+        let spin = self.spin_ns.load(Relaxed);
         // Spin phase.
         let mut i: u32 = 0;
         loop {
@@ -192,7 +234,7 @@ impl Waiter {
                 // a deadline shorter than one spin step check them when they are due.
                 if now >= next_tick {
                     self.last_check.store(now, Relaxed);
-                    self.tick(shared, doorbells);
+                    self.tick(shared);
                     next_tick = now + liveness;
                     try_once!();
                 }
@@ -245,7 +287,7 @@ impl Waiter {
             let now = now_ns();
             if now >= next_tick {
                 self.last_check.store(now, Relaxed);
-                self.tick(shared, doorbells);
+                self.tick(shared);
                 next_tick = now + liveness;
                 try_once!();
             }
@@ -272,19 +314,9 @@ pub(crate) fn arm(shared: &Shared, index: usize) {
     }
 }
 
-/// Clears reader `index`'s flags on detach.
-pub(crate) fn disarm(shared: &Shared, index: usize) {
-    let e = shared.peer(index);
-    for bit in [FLAG_ARMED, FLAG_SLEEPING] {
-        if e.flags.fetch_and(!bit, SeqCst) & bit != 0 {
-            shared.control().reader_waiters.fetch_sub(1, SeqCst);
-        }
-    }
-}
-
 /// Wakes sleeping (and rings armed) peers of `role`: all of them, or just one when `all` is
 /// false (queue mode: one frame needs one reader). Costs one load when nobody waits.
-pub(crate) fn wake(shared: &Shared, role: Role, all: bool, doorbells: &mut Option<DoorbellSender>) {
+pub(crate) fn wake(shared: &Shared, role: Role, all: bool) {
     let c = shared.control();
     let waiters = match role {
         Role::Reader => &c.reader_waiters,
@@ -320,7 +352,7 @@ pub(crate) fn wake(shared: &Shared, role: Role, all: bool, doorbells: &mut Optio
         }
         if flags & FLAG_ARMED != 0 && e.flags.fetch_and(!FLAG_ARMED, SeqCst) & FLAG_ARMED != 0 {
             waiters.fetch_sub(1, SeqCst);
-            ring_doorbell(shared, i, doorbells);
+            ring_doorbell(shared, i);
             woke = true;
         }
         if woke && !all {
@@ -329,10 +361,17 @@ pub(crate) fn wake(shared: &Shared, role: Role, all: bool, doorbells: &mut Optio
     }
 }
 
-fn ring_doorbell(shared: &Shared, i: usize, doorbells: &mut Option<DoorbellSender>) {
+/// The process's doorbell sender: one unbound datagram socket, made on first use and shared
+/// by every endpoint and guard of the process (sending on it from several threads is fine).
+fn doorbell_sender() -> Option<&'static DoorbellSender> {
+    static SENDER: std::sync::OnceLock<Option<DoorbellSender>> = std::sync::OnceLock::new();
+    SENDER.get_or_init(|| DoorbellSender::new().ok()).as_ref()
+}
+
+fn ring_doorbell(shared: &Shared, i: usize) {
     #[cfg(shmflow_no_doorbell)]
     {
-        let _ = (shared, i, doorbells);
+        let _ = (shared, i, doorbell_sender);
     }
     #[cfg(not(shmflow_no_doorbell))]
     {
@@ -340,10 +379,7 @@ fn ring_doorbell(shared: &Shared, i: usize, doorbells: &mut Option<DoorbellSende
         if peer_status(state) != ps::ACTIVE {
             return;
         }
-        if doorbells.is_none() {
-            *doorbells = DoorbellSender::new().ok();
-        }
-        if let Some(d) = doorbells {
+        if let Some(d) = doorbell_sender() {
             let token = shared.header().doorbell_token.load(Relaxed);
             let _ = d.ring(&doorbell_address(token, i as u32, peer_gen(state)));
         }

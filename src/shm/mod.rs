@@ -204,6 +204,9 @@ pub(crate) struct Segment {
     len: usize,
     /// Whether dropping this value unlinks the name.
     owner: AtomicBool,
+    /// The fork epoch of the process that made this value: a forked child that inherited it
+    /// never unlinks the name (see `sys::atfork`).
+    epoch: u64,
 }
 
 // `Segment` is Send + Sync without an unsafe impl: `MmapRaw` is, and it only
@@ -257,6 +260,7 @@ impl Segment {
                 fd,
                 len,
                 owner: AtomicBool::new(true),
+                epoch: sys::atfork::fork_epoch(),
             }),
             Err(e) => {
                 // We created the name; do not leave a half-made segment behind.
@@ -338,6 +342,7 @@ impl Segment {
             fd,
             len,
             owner: AtomicBool::new(false),
+            epoch: sys::atfork::fork_epoch(),
         };
         Ok((segment, stat))
     }
@@ -351,6 +356,36 @@ impl Segment {
     /// Length of the mapping, in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The segment's descriptor (no locks are ever taken through it, so it can test everyone
+    /// else's: see `sys::lock`).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A new open file description of this segment, for a lock of its own (see `sys::lock`):
+    /// through `/proc/self/fd`, or by name where `/proc` is not mounted (checked to be the
+    /// same object).
+    pub(crate) fn reopen(&self) -> io::Result<OwnedFd> {
+        match sys::lock::reopen(self.fd.as_fd()) {
+            Ok(fd) => Ok(fd),
+            Err(first) => {
+                let fd = sys::shm_open_rw(&self.shm_name).map_err(|_| first)?;
+                if sys::fstat(fd.as_fd())?.id != sys::fstat(self.fd.as_fd())?.id {
+                    return Err(io::Error::other(
+                        "the segment's name now refers to another object",
+                    ));
+                }
+                Ok(fd)
+            }
+        }
+    }
+
+    /// Whether dropping this value now would unlink the name: it owns the name, lives in the
+    /// process that made it (not a forked child), and the name still refers to this object.
+    pub(crate) fn will_unlink(&self) -> bool {
+        self.is_owner() && self.epoch == sys::atfork::fork_epoch() && self.name_is_still_ours()
     }
 
     /// Sets whether dropping this value unlinks the segment's name.
@@ -424,7 +459,7 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.is_owner() && self.name_is_still_ours() {
+        if self.will_unlink() {
             // Errors are ignored: Drop must not panic, and the name may
             // legitimately be gone already (ENOENT: someone ran `unlink`).
             if let Err(e) = sys::shm_unlink(&self.shm_name) {

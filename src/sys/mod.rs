@@ -20,6 +20,9 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+pub(crate) mod atfork;
+pub(crate) mod fifo;
+pub(crate) mod lock;
 pub(crate) mod process;
 
 /// Calls a libc function and turns its `-1` error return into
