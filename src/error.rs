@@ -296,7 +296,9 @@ pub enum TryRecvError {
     Disconnected,
     /// Every frame has been read and the writer died (it was found dead and reclaimed):
     /// the stream ended abnormally.
-    #[error("the writer (pid {pid}) died after {frames} frames; every committed frame has been read")]
+    #[error(
+        "the writer (pid {pid}) died after {frames} frames; every committed frame has been read"
+    )]
     WriterDied {
         /// The dead writer's pid (in its own pid namespace).
         pid: u32,
@@ -333,7 +335,9 @@ pub enum RecvError {
     #[error("the ring is disconnected: the writer detached and every frame has been read")]
     Disconnected,
     /// Every frame has been read and the writer died.
-    #[error("the writer (pid {pid}) died after {frames} frames; every committed frame has been read")]
+    #[error(
+        "the writer (pid {pid}) died after {frames} frames; every committed frame has been read"
+    )]
     WriterDied {
         /// The dead writer's pid (in its own pid namespace).
         pid: u32,
@@ -371,7 +375,9 @@ pub enum RecvTimeoutError {
     #[error("the ring is disconnected: the writer detached and every frame has been read")]
     Disconnected,
     /// Every frame has been read and the writer died.
-    #[error("the writer (pid {pid}) died after {frames} frames; every committed frame has been read")]
+    #[error(
+        "the writer (pid {pid}) died after {frames} frames; every committed frame has been read"
+    )]
     WriterDied {
         /// The dead writer's pid (in its own pid namespace).
         pid: u32,

@@ -128,8 +128,9 @@ pub use error::{
 #[cfg(not(loom))]
 pub use ring::{
     inspect, list, reclaim_dead_peers, PeerStatus, ReadSlot, Reader, ReaderBuilder, Ring,
-    RingBuilder, RingInfo, RingStatus, WaitStrategy, WriteSlot, Writer, WriterDeath, DEFAULT_LIVENESS_INTERVAL, DEFAULT_MAX_READERS,
-    DEFAULT_MAX_WRITERS, DEFAULT_PERMISSIONS, DEFAULT_SLOTS,
+    RingBuilder, RingInfo, RingStatus, WaitStrategy, WriteSlot, Writer, WriterDeath,
+    DEFAULT_LIVENESS_INTERVAL, DEFAULT_MAX_READERS, DEFAULT_MAX_WRITERS, DEFAULT_PERMISSIONS,
+    DEFAULT_SLOTS,
 };
 pub use ring::{Backpressure, Mode, MAX_DIMS, MAX_PEERS, MAX_SLOTS};
 #[cfg(not(loom))]

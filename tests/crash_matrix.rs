@@ -27,7 +27,7 @@
 //! `PR_SET_PDEATHSIG`, and its status segment is removed like `shmflow gc` would).
 //!
 //! Detection time: from the moment `kill` returned to the moment the survivor noticed
-//! (`Disconnected`; the dead reader's entry reclaimed; the dead worker gone from the pool;
+//! (`WriterDied`; the dead reader's entry reclaimed; the dead worker gone from the pool;
 //! all workers of a killed pool parent dead). The run ends with a table: role, trials,
 //! median and max detection time.
 //!
@@ -284,7 +284,7 @@ fn writer_victim(name: &str, vseed: u64, sh: &SharedCounters, phase: &Phase) -> 
 }
 
 /// A broadcast writer is killed; the reader (in this process) drains exactly the committed
-/// frames, then gets `Disconnected`; a new writer attaches and a frame goes through.
+/// frames, then gets `WriterDied`; a new writer attaches and a frame goes through.
 fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
     let lossless = trial.is_multiple_of(2);
     let mode = if lossless {
@@ -342,9 +342,12 @@ fn broadcast_writer(trial: u64, rng: &mut Rng) -> Trial {
                     assert!(t.elapsed() < BOUND, "writer death not noticed in {BOUND:?}");
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                let (t, _) = killed.expect("Disconnected while the writer lives");
+            Err(RecvTimeoutError::WriterDied { .. }) => {
+                let (t, _) = killed.expect("WriterDied while the writer lives");
                 break t.elapsed();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("a SIGKILLed writer was reported as a clean end (Disconnected)")
             }
             Err(e) => panic!("{e:?}"),
         }
@@ -664,7 +667,7 @@ fn queue_reader(_trial: u64, rng: &mut Rng) -> Trial {
 }
 
 /// A queue writer is killed; the reader (here) gets exactly the committed frames, in order,
-/// once each, then `Disconnected`; a new writer attaches and its frame arrives.
+/// once each, then `WriterDied`; a new writer attaches and its frame arrives.
 fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
     let name = unique_name("cm-qw");
     let guard = RingGuard(name.clone());
@@ -707,9 +710,12 @@ fn queue_writer(_trial: u64, rng: &mut Rng) -> Trial {
                     assert!(t.elapsed() < BOUND, "writer death not noticed in {BOUND:?}");
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                let (t, _) = killed.expect("Disconnected while the writer lives");
+            Err(RecvTimeoutError::WriterDied { .. }) => {
+                let (t, _) = killed.expect("WriterDied while the writer lives");
                 break t.elapsed();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("a SIGKILLed writer was reported as a clean end (Disconnected)")
             }
             Err(e) => panic!("{e:?}"),
         }

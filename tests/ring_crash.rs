@@ -185,7 +185,9 @@ fn broadcast_block_reader_killed_holding_a_slot_is_reclaimed() {
         let ring = Ring::<u8>::open(&name).unwrap();
         let mut r = ring.reader().unwrap();
         sig.send(b'A');
-        let ok = matches!(r.recv(), Ok(f) if f.seq() == 0 && check(0, f.as_bytes()));
+        // The guard owns the claim: it stays held until the victim is killed.
+        let held = r.recv();
+        let ok = matches!(&held, Ok(f) if f.seq() == 0 && check(0, f.as_bytes()));
         sig.send(if ok { b'H' } else { b'X' });
         sleep_forever();
     });
@@ -256,7 +258,9 @@ fn queue_reader_killed_holding_a_frame_is_counted_lost() {
         let ring = Ring::<u8>::open(&name).unwrap();
         let mut r = ring.reader().unwrap();
         sig.send(b'A');
-        let ok = matches!(r.recv(), Ok(f) if f.seq() == 0 && check(0, f.as_bytes()));
+        // The guard owns the claim: it stays held until the victim is killed.
+        let held = r.recv();
+        let ok = matches!(&held, Ok(f) if f.seq() == 0 && check(0, f.as_bytes()));
         sig.send(if ok { b'H' } else { b'X' });
         sleep_forever();
     });
@@ -408,7 +412,7 @@ fn drop_oldest_reader_holding_a_frame_is_not_torn_then_reclaimed() {
 // -------------------------------------------------------------------------------- dead writers
 
 /// Broadcast: a writer (an unrelated, re-executed process) is killed with a half-written frame.
-/// The reader gets exactly the committed frames, then `Disconnected`; a new writer can attach.
+/// The reader gets exactly the committed frames, then `WriterDied` (not the `Disconnected` of a clean end); a new writer can attach.
 #[test]
 fn broadcast_writer_killed_mid_frame() {
     if play_role() {
@@ -438,6 +442,7 @@ fn broadcast_writer_killed_mid_frame() {
         assert_eq!(f.seq(), 0);
         assert!(check(0, f.as_bytes()));
     }
+    let writer_pid = child.0.id();
     child.0.kill().unwrap();
     let status = child.wait_timeout(Duration::from_secs(10));
     assert_eq!(
@@ -451,14 +456,22 @@ fn broadcast_writer_killed_mid_frame() {
         assert_eq!(f.seq(), k);
         assert!(check(k, f.as_bytes()), "frame {k} content");
     }
+    // A killed writer is not a finished stream: the reader is told it died, and after how
+    // many frames.
     match reader.recv_timeout(BOUND) {
-        Err(RecvTimeoutError::Disconnected) => {}
+        Err(RecvTimeoutError::WriterDied { pid, frames }) => {
+            assert_eq!(pid, writer_pid);
+            assert_eq!(frames, K);
+        }
         Ok(f) => panic!("got frame {} after the committed ones", f.seq()),
         Err(e) => panic!("{e:?}"),
     }
     assert!(killed.elapsed() < BOUND);
-    assert!(matches!(reader.recv(), Err(RecvError::Disconnected)));
-    assert!(matches!(reader.try_recv(), Err(TryRecvError::Disconnected)));
+    assert!(matches!(reader.recv(), Err(RecvError::WriterDied { .. })));
+    assert!(matches!(
+        reader.try_recv(),
+        Err(TryRecvError::WriterDied { .. })
+    ));
     let st = ring.status();
     assert!(st.writers.is_empty(), "{st:?}");
     assert_eq!(st.write_seq, K);
@@ -486,7 +499,7 @@ fn broadcast_writer_killed_mid_frame() {
 }
 
 /// Queue: a writer is killed with a half-written frame; the committed frames are delivered
-/// (after the kill), the half-written one never is, then `Disconnected`. A new writer attaches.
+/// (after the kill), the half-written one never is, then `WriterDied`. A new writer attaches.
 #[test]
 fn queue_writer_killed_mid_frame() {
     const K: u64 = 3;
@@ -508,6 +521,7 @@ fn queue_writer_killed_mid_frame() {
         commit_then_half_write(&mut w, K, || sig.send(b'R'));
     });
     sig.expect(b'R');
+    let writer_pid = child.pid as u32;
     kill_and_reap(child);
     let killed = Instant::now();
 
@@ -517,13 +531,17 @@ fn queue_writer_killed_mid_frame() {
         assert!(check(k, f.as_bytes()), "frame {k} content");
     }
     match reader.recv_timeout(BOUND) {
-        Err(RecvTimeoutError::Disconnected) => {}
+        Err(RecvTimeoutError::WriterDied { pid, frames }) => {
+            assert_eq!(pid, writer_pid);
+            assert_eq!(frames, K + 1, "the abandoned sequence counts as written");
+        }
         Ok(f) => panic!("got frame {} after the committed ones", f.seq()),
         Err(e) => panic!("{e:?}"),
     }
     assert!(killed.elapsed() < BOUND);
-    assert!(matches!(reader.recv(), Err(RecvError::Disconnected)));
+    assert!(matches!(reader.recv(), Err(RecvError::WriterDied { .. })));
     let st = ring.status();
+    assert_eq!(st.writer_died.map(|d| d.pid), Some(writer_pid), "{st:?}");
     assert_eq!(st.abandoned, 1, "{st:?}");
     assert_eq!(st.lost, 0, "{st:?}");
     assert!(st.writers.is_empty(), "{st:?}");
@@ -651,7 +669,7 @@ fn killed_creator_leaves_a_segment_that_remove_cleans_up() {
     }
     assert!(matches!(
         reader.recv_timeout(BOUND),
-        Err(RecvTimeoutError::Disconnected)
+        Err(RecvTimeoutError::WriterDied { .. })
     ));
     drop(reader);
     drop(ring);
@@ -675,7 +693,7 @@ fn killed_creator_leaves_a_segment_that_remove_cleans_up() {
 /// also learn that its writer died: a killed writer never detaches, so nobody rings the
 /// doorbell, and `try_recv` is the only call such a reader makes.
 #[test]
-fn try_recv_reports_a_killed_writer_as_disconnected() {
+fn try_recv_reports_a_killed_writer_as_died() {
     let name = unique_name("crash-tryrecv");
     let _g = RingGuard(name.clone());
     let ring = Ring::<u8>::create(&name)
@@ -709,10 +727,9 @@ fn try_recv_reports_a_killed_writer_as_disconnected() {
             Ok(f) => break Ok(f.seq()),
         }
     };
-    assert_eq!(
-        r,
-        Err(TryRecvError::Disconnected),
-        "try_recv after the writer was killed, for {:?}",
+    assert!(
+        matches!(r, Err(TryRecvError::WriterDied { frames: 1, .. })),
+        "try_recv after the writer was killed: {r:?}, for {:?}",
         t.elapsed()
     );
 }
@@ -798,10 +815,9 @@ fn short_recv_timeouts_still_find_a_killed_writer() {
         }
     };
     assert_eq!(got, vec![0]);
-    assert_eq!(
-        r,
-        RecvTimeoutError::Disconnected,
-        "recv_timeout(10 ms) loop after the writer was killed, for {:?}",
+    assert!(
+        matches!(r, RecvTimeoutError::WriterDied { frames: 1, .. }),
+        "recv_timeout(10 ms) loop after the writer was killed: {r:?}, for {:?}",
         t.elapsed()
     );
 }
@@ -826,7 +842,8 @@ fn short_reserve_timeouts_still_reclaim_a_killed_reader() {
         let ring = Ring::<u8>::open(&name).unwrap();
         let mut r = ring.reader().unwrap();
         sig.send(b'A');
-        let ok = matches!(r.recv(), Ok(f) if f.seq() == 0);
+        let held = r.recv();
+        let ok = matches!(&held, Ok(f) if f.seq() == 0);
         sig.send(if ok { b'H' } else { b'X' });
         sleep_forever();
     });

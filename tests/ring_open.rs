@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 /// The layout version this shmflow writes (docs/PROTOCOL.md).
-const LAYOUT_VERSION: u32 = 2;
+const LAYOUT_VERSION: u32 = 3;
 
 use common::*;
 use ndarray::{Ix1, Ix2, Ix3, IxDyn};
@@ -292,8 +292,8 @@ fn a_consistent_header_claiming_more_than_the_file_is_truncated() {
     let slots = 64u64;
     let stride = get_u64(&b, off::SLOT_STRIDE);
     let peers = u64::from(get_u32(&b, off::MAX_READERS) + get_u32(&b, off::MAX_WRITERS));
-    let meta = 4096 + peers * 128;
-    let payload = (meta + slots * 128).div_ceil(4096) * 4096;
+    let meta = 4096 + peers * get_u64(&b, off::PEER_STRIDE);
+    let payload = (meta + slots * get_u64(&b, off::META_STRIDE)).div_ceil(4096) * 4096;
     let total = payload + slots * stride;
     put_u32(&mut b, off::SLOT_COUNT, slots as u32);
     put_u64(&mut b, off::META_OFFSET, meta);

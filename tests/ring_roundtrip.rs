@@ -661,6 +661,8 @@ fn empty_frame_round_trip() {
     assert_eq!((f.seq(), f.shape(), f.tag()), (0, &[0usize, 8][..], 9));
     assert!(f.as_slice().is_empty());
     assert_eq!(f.len(), 0);
+    // A shadowed guard is still alive: release the frame before taking the next one.
+    drop(f);
     let f = reader.recv_timeout(PATIENCE).unwrap();
     assert_eq!((f.seq(), f.shape()), (1, &[4usize, 8][..]));
     assert!(f.as_slice().iter().all(|&x| x == 3));

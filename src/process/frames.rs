@@ -227,12 +227,7 @@ where
         T: Element,
         U: Element,
         R: Serialize + DeserializeOwned + 'static,
-        F: Fn(
-                &mut S,
-                &WorkerInfo,
-                &ReadSlot<T, IxDyn>,
-                Option<&mut WriteSlot<U, IxDyn>>,
-            ) -> R
+        F: Fn(&mut S, &WorkerInfo, &ReadSlot<T, IxDyn>, Option<&mut WriteSlot<U, IxDyn>>) -> R
             + 'static,
     {
         let task = FrameTask {

@@ -8,10 +8,10 @@ use ndarray::{Dimension, IxDyn};
 
 use super::core::{Role, Writers};
 use super::endpoint::{Endpoint, Owner};
-use super::liveness::{self, Liveness, PeerLock, WriterHold, CREATOR_BYTE, LOCK_BASE};
 use super::layout::{
     self, Backpressure, Creator, HeaderError, Layout, Mode, HEADER_BYTES, LAYOUT_VERSION,
 };
+use super::liveness::{self, Liveness, PeerLock, WriterHold, CREATOR_BYTE, LOCK_BASE};
 use super::reader::{Reader, ReaderBuilder};
 use super::shared::{peer_pid, peer_status, ps, Shared, FLAG_READY};
 use super::wait;
@@ -179,24 +179,37 @@ impl<T: Element, D: Dimension> RingBuilder<T, D> {
             source,
         })?;
         // The writer FIFO first: a ring is complete with it (see `liveness`).
+        // Giving the FIFO to the group is the first chown: a creator outside the group is
+        // refused here, and the segment (not yet published) goes with the error.
         liveness::create_fifo(creator.doorbell_token, self.permissions, self.group).map_err(
-            |source| CreateError::Io {
-                name: name.clone(),
-                source,
+            |source| match self.group {
+                Some(gid) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                    CreateError::GroupDenied {
+                        name: name.clone(),
+                        gid,
+                    }
+                }
+                _ => CreateError::Io {
+                    name: name.clone(),
+                    source,
+                },
             },
         )?;
         shared.header().ready.store(LAYOUT_VERSION, Release);
         // From here on the ring's drop removes the segment and the FIFO if a step fails.
         let ring = Ring::from_parts(shared, name.clone(), creator);
-        ring.inner.creator_lock.set(
-            match PeerLock::take(ring.inner.shared.segment().expect("segment"), CREATOR_BYTE) {
-                Ok(l) => l,
-                Err(e) => {
-                    log::debug!("shmflow: creator lock unavailable: {e}");
-                    None
-                }
-            },
-        ).expect("set once");
+        ring.inner
+            .creator_lock
+            .set(
+                match PeerLock::take(ring.inner.shared.segment().expect("segment"), CREATOR_BYTE) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::debug!("shmflow: creator lock unavailable: {e}");
+                        None
+                    }
+                },
+            )
+            .expect("set once");
         let seg = ring.inner.shared.segment().expect("segment-backed ring");
         if let Some(gid) = self.group {
             seg.set_group(gid).map_err(|source| {
@@ -598,8 +611,7 @@ impl<T: Element, D: Dimension> Ring<T, D> {
                     Some(PeerStatus {
                         index: i,
                         pid,
-                        alive: peer_status(state) != ps::RECLAIMING
-                            && liveness::peer_alive(s, i),
+                        alive: peer_status(state) != ps::RECLAIMING && liveness::peer_alive(s, i),
                         frames: e.frames.load(Relaxed),
                         cursor: e.cursor.load(Relaxed),
                         missed: e.missed.load(Relaxed),

@@ -619,7 +619,12 @@ impl Shared {
     /// The first frame at or after `next` for broadcast reader `r`, if one is committed
     /// (`extra` = frames skipped, added to the reader's missed count). A reader that
     /// [pins its frames](Shared::pins_frames) passes the index of a free pin of its own.
-    pub(crate) fn bcast_try_acquire(&self, r: usize, next: u64, pin: Option<usize>) -> Option<Grant> {
+    pub(crate) fn bcast_try_acquire(
+        &self,
+        r: usize,
+        next: u64,
+        pin: Option<usize>,
+    ) -> Option<Grant> {
         let e = self.peer(r);
         let ring = &self.control().write_seq.v;
         let mut scanned = 0usize;
@@ -860,7 +865,6 @@ impl Shared {
             Relaxed,
         );
         fence(SeqCst);
-        self.peer(r).frames.fetch_add(1, Relaxed);
     }
 
     /// Frames committed but not yet taken (queue), or committed and not yet read by the

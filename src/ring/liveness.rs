@@ -45,7 +45,10 @@ pub(crate) fn probe(segment: &Segment, byte: u64) -> Liveness {
         Ok(true) => Liveness::Alive,
         Ok(false) => Liveness::Dead,
         Err(e) => {
-            log::debug!("shmflow: lock test on {:?} failed: {e}", segment_name(segment));
+            log::debug!(
+                "shmflow: lock test on {:?} failed: {e}",
+                segment_name(segment)
+            );
             Liveness::Unknown
         }
     }

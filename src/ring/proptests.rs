@@ -279,7 +279,11 @@ impl Sim {
         assert!(!self.s.reclaim(idx, self.s.peer(idx).state.load(Relaxed)));
         let e = self.s.peer(idx);
         assert_eq!(peer_status(e.state.load(Relaxed)), ps::FREE);
-        assert_eq!(e.pins[0].load(Relaxed), 0, "a reclaimed reader keeps no pin");
+        assert_eq!(
+            e.pins[0].load(Relaxed),
+            0,
+            "a reclaimed reader keeps no pin"
+        );
     }
 
     fn check_invariants(&self) {
@@ -741,7 +745,11 @@ fn attaching_peer_is_not_reclaimed_with_the_previous_start_time() {
     // visible yet.
     let e = s.peer(i);
     e.state.store(peer_state(20, g + 1, ps::CLAIMING), Relaxed);
-    assert_eq!(e.start_time.load(Relaxed), 0, "a freed entry keeps no start time");
+    assert_eq!(
+        e.start_time.load(Relaxed),
+        0,
+        "a freed entry keeps no start time"
+    );
     // A liveness scan elsewhere, with the real rule (same pid and same start time).
     let mut alive = |_: usize, pid: u32, start: u64| pid == 20 && (start == 0 || start == 222);
     assert_eq!(

@@ -481,7 +481,9 @@ impl<T: Element, D: Dimension> Reader<T, D> {
             .waiter
             .wait(core.shared(), deadline, || Self::attempt(&core, want, pin));
         match r {
-            Ok(g) => self.finish(g, pin).map_err(|seq| WaitEnd2::Corrupted { seq }),
+            Ok(g) => self
+                .finish(g, pin)
+                .map_err(|seq| WaitEnd2::Corrupted { seq }),
             Err(e) => {
                 self.abandon(pin);
                 Err(WaitEnd2::End(e))
@@ -518,8 +520,7 @@ impl<T: Element, D: Dimension> Reader<T, D> {
         let core = Arc::clone(&self.core);
         let shared = core.shared();
         let mut step = Self::attempt(&core, want, pin);
-        if matches!(step, Step::Pending) && (core.ep.waiter.maybe_tick(shared) || self.hung_up())
-        {
+        if matches!(step, Step::Pending) && (core.ep.waiter.maybe_tick(shared) || self.hung_up()) {
             step = Self::attempt(&core, want, pin);
         }
         if matches!(step, Step::Pending) {
@@ -594,7 +595,8 @@ impl<T: Element, D: Dimension> Reader<T, D> {
     ///
     /// As for [`Reader::recv`].
     pub fn recv_latest(&mut self) -> Result<ReadSlot<T, D>, RecvError> {
-        self.receive(Want::Latest, None).map_err(WaitEnd2::into_recv)
+        self.receive(Want::Latest, None)
+            .map_err(WaitEnd2::into_recv)
     }
 
     /// Waits at most `timeout` for the next frame.

@@ -119,7 +119,7 @@ impl Waiter {
             role,
             spin_ns: std::sync::atomic::AtomicU64::new(0),
             liveness_ns: std::sync::atomic::AtomicU64::new(
-                DEFAULT_LIVENESS_INTERVAL.as_nanos() as u64,
+                DEFAULT_LIVENESS_INTERVAL.as_nanos() as u64
             ),
             sem,
         };

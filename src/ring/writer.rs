@@ -36,7 +36,9 @@ pub(crate) struct WriterCore {
 
 impl std::fmt::Debug for WriterCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriterCore").field("endpoint", &self.ep).finish()
+        f.debug_struct("WriterCore")
+            .field("endpoint", &self.ep)
+            .finish()
     }
 }
 
@@ -210,13 +212,14 @@ impl<T: Element, D: Dimension> Writer<T, D> {
 
     fn wait_grant(&mut self, deadline: Option<u64>) -> Result<Grant, WaitEnd> {
         let core = &*self.core;
-        let r = core.ep.waiter.wait(core.ep.shared(), deadline, || {
-            match core.try_grant() {
+        let r = core
+            .ep
+            .waiter
+            .wait(core.ep.shared(), deadline, || match core.try_grant() {
                 Ok(g) => Step::Ready(g),
                 Err(Blocked::Full) => Step::Pending,
                 Err(Blocked::Exhausted) => Step::Fail(WaitEnd::Exhausted),
-            }
-        });
+            });
         if r.is_err() {
             core.reserved.store(false, Release);
         }
@@ -243,7 +246,10 @@ impl<T: Element, D: Dimension> Writer<T, D> {
     /// # Errors
     ///
     /// [`ReserveTimeoutError::Timeout`], and those of [`Writer::reserve`].
-    pub fn reserve_timeout(&mut self, timeout: Duration) -> Result<WriteSlot<T, D>, ReserveTimeoutError> {
+    pub fn reserve_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<WriteSlot<T, D>, ReserveTimeoutError> {
         self.begin()?;
         match self.wait_grant(Some(deadline_after(timeout))) {
             Ok(g) => Ok(self.slot(g)),

@@ -120,8 +120,10 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
+            // SAFETY: F_GETFD on any number is harmless; -1 (EBADF) means it was closed.
             let closed = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETFD) } == -1;
             let changed = EPOCH.load(Relaxed) != e;
+            // SAFETY: `_exit` in a forked child skips the parent's atexit handlers and buffers.
             unsafe { libc::_exit(if closed && changed { 0 } else { 1 }) };
         }
         let mut status = 0;

@@ -30,7 +30,12 @@ pub(crate) fn mkfifo(path: &CStr, mode: u32) -> io::Result<()> {
 /// Changes the group of the file at `path`.
 pub(crate) fn chown_group(path: &CStr, gid: u32) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated and lives for the call; uid -1 keeps the owner.
-    syscall!(chown(path.as_ptr(), u32::MAX as libc::uid_t, gid as libc::gid_t)).map(drop)
+    syscall!(chown(
+        path.as_ptr(),
+        u32::MAX as libc::uid_t,
+        gid as libc::gid_t
+    ))
+    .map(drop)
 }
 
 /// Removes `path`.
@@ -83,9 +88,8 @@ impl Epoll {
         // SAFETY: plain syscall with a flag argument.
         let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: `epoll_create1` just returned this descriptor; nothing else owns it.
-        Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
     }
 
     /// Adds `fd` (level-triggered readability; hang-ups are always reported). The caller keeps
@@ -109,7 +113,12 @@ impl Epoll {
     pub(crate) fn wait(&self, timeout_ms: i32) -> io::Result<bool> {
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
         // SAFETY: the buffer holds 4 events and lives for the call.
-        let n = syscall!(epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), 4, timeout_ms))?;
+        let n = syscall!(epoll_wait(
+            self.fd.as_raw_fd(),
+            evs.as_mut_ptr(),
+            4,
+            timeout_ms
+        ))?;
         Ok(n > 0)
     }
 }

@@ -79,7 +79,10 @@ mod tests {
         let byte = 1 << 50;
         assert!(!is_locked(f.as_fd(), byte).unwrap());
         assert!(try_lock(a.as_fd(), byte).unwrap());
-        assert!(try_lock(a.as_fd(), byte).unwrap(), "relocking by the holder succeeds");
+        assert!(
+            try_lock(a.as_fd(), byte).unwrap(),
+            "relocking by the holder succeeds"
+        );
         assert!(!try_lock(b.as_fd(), byte).unwrap());
         assert!(is_locked(f.as_fd(), byte).unwrap());
         assert!(!is_locked(f.as_fd(), byte + 1).unwrap());
