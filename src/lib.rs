@@ -123,7 +123,7 @@ pub use array::{DType, Element};
 pub use error::{
     AttachError, ChannelError, CreateError, ExitReason, LayoutError, NameError, OpenError,
     PoolError, ProcessError, RecvError, RecvTimeoutError, ReserveError, ReserveTimeoutError,
-    ShapeError, SpawnError, TaskError, TaskErrorKind, TryRecvError, TryReserveError,
+    SendError, ShapeError, SpawnError, TaskError, TaskErrorKind, TryRecvError, TryReserveError,
 };
 #[cfg(not(loom))]
 pub use ring::{

@@ -363,8 +363,9 @@ Read frames from an existing ring (of any dtype) until its writers are gone.
 one line per frame, `<sequence> <md5 hex>` (the sequence is the frame's number in the ring, \
 0 for its first frame). --raw writes each frame's bytes to stdout, back to back.
 
-`sub` exits 0 when the ring's writers have detached (or died) and every frame has been read, \
-or after --count frames. With --timeout it fails (exit code 3) when no frame arrives for that \
+`sub` exits 0 when the ring's writers have detached and every frame has been read, or after \
+--count frames. When the last writer died instead (killed, crashed), `sub` reads what it \
+committed, then says so and exits 1. With --timeout it fails (exit code 3) when no frame arrives for that \
 long. A broadcast reader sees the frames committed after it attached: start `sub` first \
 (with --wait) or give `pub` --wait-readers.";
 

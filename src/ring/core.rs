@@ -184,6 +184,8 @@ impl Shared {
             return false;
         }
         self.clear_waiting(i);
+        // READY and LOSSY go too: the entry's next occupant starts from no flags.
+        e.flags.store(0, SeqCst);
         for p in &e.pins {
             p.store(0, Release);
         }
