@@ -114,8 +114,10 @@ fn fork_after_threads_is_refused_and_reexec_works() {
     assert_eq!(p.request(&Cmd::Ping(1)).unwrap(), 2);
     p.stop(Duration::from_secs(10)).unwrap();
     // Opting in: allowed, the caller accepts the risk.
+    // SAFETY: the other thread `t` only sleeps; it holds no lock the child could need.
+    let permit = unsafe { shmflow::process::ThreadedFork::assume_no_locks_held() };
     let mut p = ProcessBuilder::new("risky")
-        .allow_threads(true)
+        .allow_threads(permit)
         .spawn(Node { depth: 0 })
         .unwrap();
     assert_eq!(p.request(&Cmd::Ping(5)).unwrap(), 6);

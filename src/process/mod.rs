@@ -19,6 +19,7 @@ mod logfwd;
 mod pool;
 mod spawn;
 
+pub use crate::sys::process::ThreadedFork;
 pub use control::{channel, wait_any, Receiver, Sender};
 pub use frames::{FrameError, FrameState, FrameTask};
 pub use pool::{

@@ -42,6 +42,7 @@ use super::spawn::{Backend, BoxError, Context, Process, ProcessBuilder, StartMet
 use crate::error::{ExitReason, PoolError, ProcessError, TaskError, TaskErrorKind};
 use crate::shm::Counters;
 use crate::sys;
+use crate::sys::process::ThreadedFork;
 
 /// Who a worker is, as its task sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -961,7 +962,7 @@ pub struct PoolBuilder<S, E> {
     max_in_flight: Option<u64>,
     progress: bool,
     name: String,
-    allow_threads: bool,
+    allow_threads: Option<ThreadedFork>,
     init: InitFn<S>,
     exit: Option<ExitFn<S, E>>,
 }
@@ -1004,7 +1005,7 @@ impl WorkerPool<NoTask> {
             max_in_flight: None,
             progress: false,
             name: "shmflow-w".into(),
-            allow_threads: false,
+            allow_threads: None,
             init: Arc::new(|_| ()),
             exit: None,
         }
@@ -1074,10 +1075,11 @@ where
         self
     }
 
-    /// Fork even if this process runs other threads (see
-    /// [`ProcessBuilder::allow_threads`]).
-    pub fn allow_threads(mut self, allow: bool) -> Self {
-        self.allow_threads = allow;
+    /// Fork workers even if this process runs other threads, with the permission only an
+    /// `unsafe` call makes (see [`ThreadedFork::assume_no_locks_held`]; it covers every worker
+    /// fork, at start and when a dead worker is replaced).
+    pub fn allow_threads(mut self, permit: ThreadedFork) -> Self {
+        self.allow_threads = Some(permit);
         self
     }
 
@@ -1172,7 +1174,10 @@ where
         let status = counters.name().to_owned();
         let inherited = counters.clone();
         let spawner: Spawner<T> = Box::new(move |info: WorkerInfo| {
-            let mut b = ProcessBuilder::new(format!("{name}{}", info.id)).allow_threads(allow);
+            let mut b = ProcessBuilder::new(format!("{name}{}", info.id));
+            if let Some(permit) = allow {
+                b = b.allow_threads(permit);
+            }
             if let Some(c) = &cpus {
                 if !c.is_empty() {
                     b = b.cpus(&c[info.id % c.len()]);

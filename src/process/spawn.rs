@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::control::{decode, encode, RawChannel};
 use crate::error::{ChannelError, ExitReason, ProcessError, SpawnError};
 use crate::sys;
-use crate::sys::process::{self as sysp, Fork, WaitStatus};
+use crate::sys::process::{self as sysp, Fork, ThreadedFork, WaitStatus};
 
 /// Frame kinds, parent → child.
 mod down {
@@ -210,7 +210,7 @@ pub struct ProcessBuilder {
     name: String,
     method: StartMethod,
     cpus: Option<Vec<usize>>,
-    allow_threads: bool,
+    allow_threads: Option<ThreadedFork>,
     args: Vec<String>,
 }
 
@@ -226,7 +226,7 @@ impl ProcessBuilder {
             name: name.into(),
             method: StartMethod::Fork,
             cpus: None,
-            allow_threads: false,
+            allow_threads: None,
             args: Vec::new(),
         }
     }
@@ -254,11 +254,19 @@ impl ProcessBuilder {
         self
     }
 
-    /// Forks even when the process has other threads. The child may hang on a lock that one
-    /// of those threads held at the moment of the fork (allocator, stdout, logger): only set
-    /// this if you know the threads hold no such lock.
-    pub fn allow_threads(mut self, allow: bool) -> Self {
-        self.allow_threads = allow;
+    /// Forks even when the process has other threads, with the permission only an `unsafe`
+    /// call makes ([`ThreadedFork::assume_no_locks_held`], whose contract says when that is
+    /// sound). Without it, [`spawn`](ProcessBuilder::spawn) refuses with
+    /// [`SpawnError::Threads`].
+    ///
+    /// ```no_run
+    /// # use shmflow::process::{ProcessBuilder, ThreadedFork};
+    /// // SAFETY: our other threads are parked on a channel and hold no lock.
+    /// let permit = unsafe { ThreadedFork::assume_no_locks_held() };
+    /// let builder = ProcessBuilder::new("worker").allow_threads(permit);
+    /// ```
+    pub fn allow_threads(mut self, permit: ThreadedFork) -> Self {
+        self.allow_threads = Some(permit);
         self
     }
 
@@ -288,7 +296,7 @@ impl ProcessBuilder {
         backend: B,
     ) -> Result<Process<B::Request, B::Reply>, SpawnError> {
         self.check_cpus()?;
-        if !self.allow_threads {
+        if self.allow_threads.is_none() {
             let threads = thread_count();
             if threads > 1 {
                 return Err(SpawnError::Threads { threads });
@@ -296,7 +304,14 @@ impl ProcessBuilder {
         }
         let (parent_end, child_end) = RawChannel::pair().map_err(SpawnError::Io)?;
         let parent_pid = sys::getpid();
-        match sysp::fork().map_err(SpawnError::Io)? {
+        let forked = sysp::fork_checked(self.allow_threads).map_err(SpawnError::Io)?;
+        let Some(forked) = forked else {
+            // A thread started since the check above.
+            return Err(SpawnError::Threads {
+                threads: thread_count(),
+            });
+        };
+        match forked {
             Fork::Child => {
                 drop(parent_end);
                 child_main(

@@ -376,7 +376,6 @@ pub(crate) fn realtime_ns() -> u64 {
 /// # Errors
 ///
 /// Any error from reading the directory.
-#[allow(dead_code)] // used by the process layer (fork refuses to run after threads)
 pub(crate) fn thread_count() -> io::Result<usize> {
     let mut n = 0;
     for entry in std::fs::read_dir("/proc/self/task")? {

@@ -20,18 +20,57 @@ pub(crate) enum Fork {
 
 /// `fork(2)`.
 ///
-/// The caller must make sure the process is single-threaded or accept the consequences:
-/// only the calling thread exists in the child, and locks held by other threads stay locked.
-/// The process layer checks the thread count first (see `process::spawn`).
-pub(crate) fn fork() -> io::Result<Fork> {
-    // SAFETY: fork has no memory-safety preconditions of its own; the child continues with a
-    // copy of this thread's state, and the caller is responsible for what it does there.
+/// # Safety
+///
+/// Only the calling thread exists in the child, and locks other threads held at the fork
+/// (the allocator's, stdout's, a logger's) stay locked there for ever. The caller must make
+/// sure the process is single-threaded, or that the child makes only async-signal-safe calls
+/// until it execs or exits, or that no other thread can hold such a lock (the process layer
+/// checks the thread count first, and `allow_threads`, the way around that check, is itself
+/// `unsafe`).
+pub(crate) unsafe fn fork() -> io::Result<Fork> {
+    // SAFETY: fork has no memory-safety preconditions of its own; what the child may do
+    // afterwards is this function's contract with its caller (see # Safety).
     let pid = syscall!(fork())?;
     Ok(if pid == 0 {
         Fork::Child
     } else {
         Fork::Parent(pid as u32)
     })
+}
+
+/// Permission to fork although this process runs other threads: see
+/// [`ProcessBuilder::allow_threads`](crate::process::ProcessBuilder::allow_threads). Only
+/// [`ThreadedFork::assume_no_locks_held`], an `unsafe fn`, makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadedFork(());
+
+impl ThreadedFork {
+    /// Promises that forking is safe although this process runs other threads.
+    ///
+    /// # Safety
+    ///
+    /// Only the forking thread exists in the child. A lock one of the other threads holds at
+    /// the moment of a fork (the allocator's, stdout's, a logger's, a `Mutex` of yours) stays
+    /// locked there for ever, and the child, which allocates, may then hang or see that lock's
+    /// data half-updated. The caller promises that whenever shmflow forks with this permission
+    /// (spawn, and a pool starting or replacing a worker) no other thread can hold such a lock,
+    /// e.g. because they are all parked on something the caller controls. The safe ways are to
+    /// fork before starting threads, or to re-execute (`StartMethod::Reexec`).
+    pub unsafe fn assume_no_locks_held() -> ThreadedFork {
+        ThreadedFork(())
+    }
+}
+
+/// `fork(2)` for the process layer: refuses (`None`) when other threads run, unless the caller
+/// holds a [`ThreadedFork`] permission.
+pub(crate) fn fork_checked(permit: Option<ThreadedFork>) -> io::Result<Option<Fork>> {
+    if permit.is_none() && super::thread_count().unwrap_or(1) > 1 {
+        return Ok(None);
+    }
+    // SAFETY: single-threaded (just checked; threads started by this thread after the check
+    // do not exist yet), or the holder of `permit` took on `ThreadedFork`'s contract.
+    unsafe { fork() }.map(Some)
 }
 
 /// `_exit(2)`: leaves without running atexit handlers or destructors (a forked child must not
@@ -392,7 +431,8 @@ mod tests {
 
     #[test]
     fn fork_wait_and_pidfd() {
-        match fork().unwrap() {
+        // SAFETY: the child only calls `_exit` (async-signal-safe).
+        match unsafe { fork() }.unwrap() {
             Fork::Child => exit_now(7),
             Fork::Parent(pid) => {
                 let pidfd = pidfd_open(pid);
@@ -409,7 +449,8 @@ mod tests {
 
     #[test]
     fn killed_child_reports_signal() {
-        match fork().unwrap() {
+        // SAFETY: the child only sleeps (`nanosleep`, async-signal-safe) until it is killed.
+        match unsafe { fork() }.unwrap() {
             Fork::Child => loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             },
