@@ -75,6 +75,19 @@
 //! another process's bytes as `T`: only types where every bit pattern is valid qualify; that an
 //! implementation has the size and alignment of its dtype is checked at compile time.
 //!
+//! Endpoints are bound to their process: a [`Ring`], [`Reader`] or [`Writer`] inherited
+//! through `fork` refuses to work in the child (`WrongProcess`), and frame guards
+//! ([`ReadSlot`], [`WriteSlot`]) own their claim and release it when dropped, so no safe
+//! arrangement of forks and threads lets a writer reuse a slot a view still borrows. A peer is
+//! judged dead only when the kernel has released its lock (an open-file-description lock on
+//! a byte of the segment), never from its pid.
+//!
+//! What shmflow cannot defend against is a process with write access that shrinks the segment
+//! (`ftruncate`): every peer's next access to the cut-off pages raises `SIGBUS`, which kills
+//! it. shmflow installs no `SIGBUS` handler (a handler cannot resume the interrupted access
+//! soundly); [`Ring::open`] checks the size once, when it maps. The defence is the segment's
+//! mode: only processes you let write it can.
+//!
 //! Segments are created `0600` (owner only) by default. The creator unlinks the segment when
 //! its last handle is dropped, unless [`Ring::release_ownership`] is called.
 //!

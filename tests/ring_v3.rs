@@ -218,6 +218,51 @@ fn finding2_ring_handle_carried_into_child_cannot_attach_and_killed_child_is_rec
     drop(s);
 }
 
+/// Liveness by lock: a child forked by user code (not through shmflow) inherits the endpoint's
+/// descriptors; it must not keep its dead parent's reader alive (the lock belongs to the open
+/// file description, which the child would share). shmflow closes those descriptors in every
+/// forked child.
+#[test]
+fn an_inherited_descriptor_in_a_grandchild_does_not_keep_a_dead_reader_alive() {
+    let name = unique_name("v3-grandchild");
+    let _g = RingGuard(name.clone());
+    const SLOTS: u32 = 2;
+    let ring = block_ring(&name, SLOTS);
+    let mut w = ring.writer().unwrap();
+    let sig = Pipe::new();
+    let victim = fork_child(|| {
+        let own = Ring::<u8>::open(&name).unwrap();
+        let mut r = own.reader().unwrap();
+        let held = r.recv_timeout(BOUND);
+        // SAFETY: the grandchild only sleeps and `_exit`s (async-signal-safe calls).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::sleep(8);
+                libc::_exit(0)
+            };
+        }
+        sig.send(if pid > 0 && held.is_ok() { b'H' } else { b'X' });
+        sleep_forever();
+    });
+    wait_readers(&ring, 1);
+    write_frame(&mut w);
+    sig.expect(b'H');
+    for _ in 1..SLOTS {
+        write_frame(&mut w);
+    }
+    assert!(matches!(w.try_reserve(), Err(TryReserveError::Full)));
+    kill_and_reap(victim);
+    // The grandchild still runs (it sleeps 8 s) and holds copies of the victim's fds.
+    assert_eq!(
+        ring.reclaim_dead_peers(),
+        1,
+        "the grandchild's inherited fd kept the dead reader's lock"
+    );
+    drop(w.reserve_timeout(BOUND).expect("slot freed"));
+}
+
 // ------------------------------------------------------------------------------- finding 3
 
 /// Finding 3: `recv(); drop(frame); skip_to_latest(); recv()` on a lossless reader released
