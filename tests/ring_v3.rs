@@ -8,6 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
+#[cfg(not(shmflow_no_doorbell))]
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -547,6 +548,7 @@ fn wait_output(child: &mut std::process::Child) -> std::process::Output {
 }
 
 /// Polls `fd` for readability, at most `timeout`.
+#[cfg(not(shmflow_no_doorbell))]
 fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
@@ -562,6 +564,8 @@ fn poll_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
 /// writer was SIGKILLed: nothing made the fd readable. The writer's end of the ring's FIFO
 /// closes with the process, so the fd wakes, and `try_recv` then reports `WriterDied`; a clean
 /// detach wakes it too and reports `Disconnected`.
+/// (Readers have no fd when built with `--cfg shmflow_no_doorbell`.)
+#[cfg(not(shmflow_no_doorbell))]
 #[test]
 fn finding5_fd_only_reader_wakes_when_the_writer_is_killed() {
     for killed in [true, false] {
@@ -649,6 +653,48 @@ fn finding5_status_reports_the_dead_writer() {
     // A new writer attaching clears it.
     let _w = ring.writer().unwrap();
     assert_eq!(ring.status().writer_died, None);
+}
+
+/// Finding 5, several writers (queue): one is killed, another goes on and then detaches
+/// cleanly. The stream ended cleanly, so readers get `Disconnected`, not the first writer's
+/// death (`died_writer` was cleared only when a writer attached).
+#[test]
+fn finding5_a_clean_last_writer_ends_the_stream_cleanly_after_another_died() {
+    let name = unique_name("v3-f5-two");
+    let _g = RingGuard(name.clone());
+    let ring = Ring::<u8>::create(&name)
+        .shape([FRAME])
+        .slots(4)
+        .mode(Mode::Queue)
+        .max_writers(2)
+        .build()
+        .unwrap();
+    let mut r = ring.reader().unwrap();
+    r.set_liveness_interval(LIVENESS);
+    let mut survivor = ring.writer().unwrap();
+    let sig = Pipe::new();
+    let victim = fork_child(|| {
+        let ring = Ring::<u8>::open(&name).unwrap();
+        let mut w = ring.writer().unwrap();
+        write_frame(&mut w);
+        sig.send(b'W');
+        sleep_forever();
+    });
+    sig.expect(b'W');
+    kill_and_reap(victim);
+    assert_eq!(ring.reclaim_dead_peers(), 1);
+    write_frame(&mut survivor);
+    drop(survivor);
+    assert_eq!(ring.status().writer_died, None);
+    let mut got = 0;
+    loop {
+        match r.recv_timeout(BOUND) {
+            Ok(_) => got += 1,
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(got, 2);
 }
 
 // ------------------------------------------------------------------------------- finding 6
@@ -781,10 +827,14 @@ fn finding7_detach_clears_flags_waiter_count_and_start_time() {
         0,
         "an attached reader has a start time"
     );
-    // `Empty` arms the reader's fd: it counts as a waiter.
+    // `Empty` arms the reader's fd: it counts as a waiter (readers have no fd without the
+    // doorbell).
     assert!(matches!(r.try_recv(), Err(TryRecvError::Empty)));
-    assert_eq!(segment_u64(&name, READER_WAITERS), 1);
-    assert_ne!(segment_u32(&name, entry + 24) & 2, 0, "ARMED");
+    #[cfg(not(shmflow_no_doorbell))]
+    {
+        assert_eq!(segment_u64(&name, READER_WAITERS), 1);
+        assert_ne!(segment_u32(&name, entry + 24) & 2, 0, "ARMED");
+    }
     drop(r);
     assert_eq!(
         segment_u64(&name, READER_WAITERS),

@@ -186,6 +186,11 @@ impl Shared {
         self.clear_waiting(i);
         // READY and LOSSY go too: the entry's next occupant starts from no flags.
         e.flags.store(0, SeqCst);
+        if i >= self.layout.max_readers as usize {
+            // A writer that leaves cleanly decides how the stream ends: an earlier writer's
+            // death (a queue ring with several) no longer does.
+            self.control().died_writer.store(0, SeqCst);
+        }
         for p in &e.pins {
             p.store(0, Release);
         }
