@@ -629,7 +629,11 @@ fn status_lists_only_attached_readers() {
     let mut child = fork_child(move || {
         let ring = Ring::<u8>::open(&n).unwrap();
         loop {
-            drop(ring.reader().unwrap());
+            let r = ring.reader().unwrap();
+            // Stay attached a little: attach and detach cost several syscalls each (lock,
+            // FIFO, epoll), and the peeks must also land while the reader is attached.
+            std::thread::sleep(Duration::from_micros(30));
+            drop(r);
         }
     });
     let mut bad = Vec::new();
