@@ -198,25 +198,40 @@ fn finding2_ring_handle_carried_into_child_cannot_attach_and_killed_child_is_rec
         sleep_forever();
     });
     sig.expect(b'A');
-    write_frame(&mut w);
+    kill_holder_then_reclaim(
+        &ring,
+        &mut w,
+        &sig,
+        victim,
+        "the killed child was not reclaimed",
+    );
+}
+
+/// `victim`, a forked reader of the lossless `ring`, says `H` once it holds frame 0: the
+/// writer fills the ring, is refused the victim's slot, and after a SIGKILL the victim is
+/// reclaimed at once (`why` if not) and the slot is free again.
+fn kill_holder_then_reclaim(
+    ring: &Ring<u8>,
+    w: &mut shmflow::Writer<u8>,
+    sig: &Pipe,
+    victim: Child,
+    why: &str,
+) {
+    write_frame(w);
     sig.expect(b'H');
-    for _ in 1..SLOTS {
-        write_frame(&mut w);
+    for _ in 1..ring.info().slots {
+        write_frame(w);
     }
     // The victim holds frame 0: the lossless writer may not reuse its slot.
     assert!(matches!(w.try_reserve(), Err(TryReserveError::Full)));
     assert!(ring.status().readers.iter().all(|p| p.alive));
     kill_and_reap(victim);
-    assert_eq!(
-        ring.reclaim_dead_peers(),
-        1,
-        "the killed child was not reclaimed"
-    );
+    assert_eq!(ring.reclaim_dead_peers(), 1, "{why}");
     assert!(ring.status().readers.is_empty());
-    let s = w
-        .reserve_timeout(BOUND)
-        .expect("the dead reader's slot is free");
-    drop(s);
+    drop(
+        w.reserve_timeout(BOUND)
+            .expect("the dead reader's slot is free"),
+    );
 }
 
 /// Liveness by lock: a child forked by user code (not through shmflow) inherits the endpoint's
@@ -248,20 +263,14 @@ fn an_inherited_descriptor_in_a_grandchild_does_not_keep_a_dead_reader_alive() {
         sleep_forever();
     });
     wait_readers(&ring, 1);
-    write_frame(&mut w);
-    sig.expect(b'H');
-    for _ in 1..SLOTS {
-        write_frame(&mut w);
-    }
-    assert!(matches!(w.try_reserve(), Err(TryReserveError::Full)));
-    kill_and_reap(victim);
     // The grandchild still runs (it sleeps 8 s) and holds copies of the victim's fds.
-    assert_eq!(
-        ring.reclaim_dead_peers(),
-        1,
-        "the grandchild's inherited fd kept the dead reader's lock"
+    kill_holder_then_reclaim(
+        &ring,
+        &mut w,
+        &sig,
+        victim,
+        "the grandchild's inherited fd kept the dead reader's lock",
     );
-    drop(w.reserve_timeout(BOUND).expect("slot freed"));
 }
 
 // ------------------------------------------------------------------------------- finding 3

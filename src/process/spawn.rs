@@ -296,17 +296,10 @@ impl ProcessBuilder {
         backend: B,
     ) -> Result<Process<B::Request, B::Reply>, SpawnError> {
         self.check_cpus()?;
-        if self.allow_threads.is_none() {
-            let threads = thread_count();
-            if threads > 1 {
-                return Err(SpawnError::Threads { threads });
-            }
-        }
         let (parent_end, child_end) = RawChannel::pair().map_err(SpawnError::Io)?;
         let parent_pid = sys::getpid();
-        let forked = sysp::fork_checked(self.allow_threads).map_err(SpawnError::Io)?;
-        let Some(forked) = forked else {
-            // A thread started since the check above.
+        // `fork_checked` counts the threads (unless permitted) right before it forks.
+        let Some(forked) = sysp::fork_checked(self.allow_threads).map_err(SpawnError::Io)? else {
             return Err(SpawnError::Threads {
                 threads: thread_count(),
             });

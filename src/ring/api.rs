@@ -178,23 +178,24 @@ impl<T: Element, D: Dimension> RingBuilder<T, D> {
             name: name.clone(),
             source,
         })?;
-        // The writer FIFO first: a ring is complete with it (see `liveness`).
-        // Giving the FIFO to the group is the first chown: a creator outside the group is
-        // refused here, and the segment (not yet published) goes with the error.
-        liveness::create_fifo(creator.doorbell_token, self.permissions, self.group).map_err(
-            |source| match self.group {
-                Some(gid) if source.kind() == std::io::ErrorKind::PermissionDenied => {
-                    CreateError::GroupDenied {
-                        name: name.clone(),
-                        gid,
-                    }
-                }
-                _ => CreateError::Io {
+        // Both chowns (FIFO, segment) refuse a creator outside the requested group.
+        let chown_error = |source: std::io::Error| match self.group {
+            Some(gid) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                CreateError::GroupDenied {
                     name: name.clone(),
-                    source,
-                },
+                    gid,
+                }
+            }
+            _ => CreateError::Io {
+                name: name.clone(),
+                source,
             },
-        )?;
+        };
+        // The writer FIFO first: a ring is complete with it (see `liveness`). Giving it to the
+        // group is the first chown, so a refused creator fails here, and the segment (not yet
+        // published) goes with the error.
+        liveness::create_fifo(creator.doorbell_token, self.permissions, self.group)
+            .map_err(chown_error)?;
         shared.header().ready.store(LAYOUT_VERSION, Release);
         // From here on the ring's drop removes the segment and the FIFO if a step fails.
         let ring = Ring::from_parts(shared, name.clone(), creator);
@@ -212,19 +213,7 @@ impl<T: Element, D: Dimension> RingBuilder<T, D> {
             .expect("set once");
         let seg = ring.inner.shared.segment().expect("segment-backed ring");
         if let Some(gid) = self.group {
-            seg.set_group(gid).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::PermissionDenied {
-                    CreateError::GroupDenied {
-                        name: name.clone(),
-                        gid,
-                    }
-                } else {
-                    CreateError::Io {
-                        name: name.clone(),
-                        source,
-                    }
-                }
-            })?;
+            seg.set_group(gid).map_err(chown_error)?;
         }
         seg.publish(self.permissions)
             .map_err(|source| CreateError::Io {
