@@ -8,8 +8,8 @@
 use loom::cell::UnsafeCell;
 
 use crate::array::DType;
-use crate::ring::core::{Grant, Role};
 use crate::ring::layout::{Backpressure, Layout, Mode};
+use crate::ring::protocol::{Grant, Role};
 use crate::ring::shared::Shared;
 
 /// A slot grant: (slot, seq, extra).

@@ -1,7 +1,7 @@
 //! The atomics the ring protocol is written against.
 //!
 //! Normally these are `std`'s; under `--cfg loom` they are loom's, so the index and slot
-//! protocol in [`crate::ring::core`] can be model-checked on the heap backend (crossbeam-epoch
+//! protocol in [`crate::ring::protocol`] can be model-checked on the heap backend (crossbeam-epoch
 //! uses the same shim). Loom's atomics are not `#[repr(C)]`-compatible with the OS ones, so the
 //! shared-memory backend is compiled out under loom.
 

@@ -1,4 +1,4 @@
-//! Loom models of the ring protocol (`src/ring/core.rs`) on the heap backend.
+//! Loom models of the ring protocol (`src/ring/protocol/`) on the heap backend.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom`. Each model drives the
 //! real index and slot-state code through `shmflow::__loom::HeapRing`, with loom's atomics.

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 
 use ndarray::{Dimension, IxDyn};
 
-use super::core::{Role, Writers};
 use super::endpoint::{Endpoint, Owner};
 use super::layout::{
     self, Backpressure, Creator, HeaderError, Layout, Mode, HEADER_BYTES, LAYOUT_VERSION,
 };
 use super::liveness::{self, Liveness, PeerLock, WriterHold, CREATOR_BYTE, LOCK_BASE};
+use super::protocol::{peer_pid, peer_status, ps, FLAG_READY};
+use super::protocol::{Role, Writers};
 use super::reader::{Reader, ReaderBuilder};
-use super::shared::{peer_pid, peer_status, ps, Shared, FLAG_READY};
+use super::shared::Shared;
 use super::wait;
 use super::writer::{Writer, WriterCore};
 use crate::array::{DType, Element};

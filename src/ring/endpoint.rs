@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use super::api::RingInner;
-use super::core::Role;
 use super::liveness::PeerLock;
+use super::protocol::Role;
 use super::shared::Shared;
 use super::wait::{self, Waiter};
 use crate::sys;

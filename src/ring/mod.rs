@@ -6,11 +6,11 @@
 //! [`commit`](WriteSlot::commit) it; readers [`recv`](Reader::recv) a committed slot and read it
 //! in place; dropping the [`ReadSlot`] releases it. Nothing is copied.
 //!
-//! The protocol (slot stamps, cursors, pins, the queue) is described in [`core`]'s module
+//! The protocol (slot stamps, cursors, pins, the queue) is described in [`protocol`]'s module
 //! docs; waiting and waking in [`wait`]'s; the byte layout in `docs/PROTOCOL.md`.
 
-pub(crate) mod core;
 pub(crate) mod layout;
+pub(crate) mod protocol;
 pub(crate) mod shared;
 
 #[cfg(all(test, not(loom)))]

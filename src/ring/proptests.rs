@@ -1,4 +1,4 @@
-//! Property tests of the slot protocol in [`super::core`] against a model.
+//! Property tests of the slot protocol in [`super::protocol`] against a model.
 //!
 //! One thread plays several peers of a heap ring: random sequences of attaches, detaches and
 //! kills (reclaims) of readers and writers, reservations (the payload is filled with the
@@ -25,9 +25,10 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-use super::core::{Blocked, Grant, Role};
 use super::layout::{Backpressure, Layout, Mode};
-use super::shared::{peer_gen, peer_pid, peer_status, ps, Shared};
+use super::protocol::{peer_gen, peer_pid, peer_status, ps};
+use super::protocol::{Blocked, Grant, Role};
+use super::shared::Shared;
 use crate::array::DType;
 use crate::primitive::Ordering::Relaxed;
 
@@ -726,7 +727,7 @@ proptest! {
 /// store (no CAS), and the entry may meanwhile have been claimed by a third process.
 #[test]
 fn attaching_peer_is_not_reclaimed_with_the_previous_start_time() {
-    use super::shared::peer_state;
+    use super::protocol::peer_state;
     let layout = Layout::compute(
         DType::U8,
         &[8],

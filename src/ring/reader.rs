@@ -2,17 +2,10 @@
 //!
 //! A [`Reader`] owns an attached reader entry (through an `Arc` it shares with its guards); a
 //! [`ReadSlot`] owns one held frame and releases it when it drops, on whatever thread that is.
-//! This file owns the reader's private bookkeeping: the next sequence it reads, the frames it
-//! holds (for the cursor a lossless writer waits on) and its pins.
-//!
-//! # Cursors
-//!
-//! A broadcast reader reads frames in order (`next`), but may release them in any order. A
-//! lossless (block) reader publishes `min(held frames ∪ {next})` as its cursor: the writer
-//! reuses only slots below every such cursor. Receiving a frame, releasing one and skipping
-//! ahead all leave that minimum where it is or raise it, and every publication happens under
-//! the reader's lock, so the published cursor never moves backwards. Drop-oldest and lossy
-//! readers protect the frames they hold with one pin each instead, and publish `next`.
+//! This file owns the reader's settings, its `next` sequence and how it waits; the frames it
+//! holds, the pins they use and the cursor they allow it to publish (which never moves
+//! backwards, whatever order the guards drop in) are kept by
+//! [`HeldSet`](super::protocol::held), behind the reader's lock.
 
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -23,25 +16,15 @@ use std::time::Duration;
 
 use ndarray::{ArrayRef, ArrayView, Dimension, IxDyn};
 
-use super::core::{Grant, Role, Writers};
 use super::endpoint::Endpoint;
+use super::protocol::held::HeldSet;
+use super::protocol::{Grant, Role, Writers};
 use super::shared::{Shared, MAX_PINS};
 use super::wait::{self, Step, WaitEnd, WaitStrategy};
 use super::{deadline_after, Mode, Ring};
 use crate::array::{view, Element};
 use crate::error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::primitive::Ordering::*;
-
-/// A reader's private state, shared with its guards.
-#[derive(Debug, Default)]
-struct Held {
-    /// Broadcast: sequences of the frames held now.
-    seqs: Vec<u64>,
-    /// Broadcast pinning readers: pins in use (bit i = pin i).
-    pins: u32,
-    /// Frames held, plus one while a receive is in progress.
-    count: u32,
-}
 
 /// What a reader's entry, settings and guards share.
 pub(crate) struct ReaderCore {
@@ -51,7 +34,7 @@ pub(crate) struct ReaderCore {
     pins: bool,
     /// Broadcast: the next sequence to read. Written only by the reader (under `held`).
     next: std::sync::atomic::AtomicU64,
-    held: Mutex<Held>,
+    held: Mutex<HeldSet>,
     /// Readable when a frame is committed after an `Empty` (armed), or when every writer has
     /// gone (see [`super::liveness`]).
     #[cfg(not(shmflow_no_doorbell))]
@@ -72,56 +55,26 @@ impl ReaderCore {
         self.ep.shared()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Held> {
-        // A guard dropped while unwinding cannot leave `Held` inconsistent (every update is
+    fn lock(&self) -> MutexGuard<'_, HeldSet> {
+        // A guard dropped while unwinding cannot leave the `HeldSet` inconsistent (every update is
         // a few plain stores), so a poisoned lock is still good.
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes a lossless reader's cursor: the lowest frame held, or `next`.
-    fn publish(&self, h: &Held) {
-        if self.pins {
-            self.shared()
-                .bcast_set_cursor(self.ep.index, self.next.load(Relaxed));
-            return;
-        }
-        let next = self.next.load(Relaxed);
-        let floor = h.seqs.iter().copied().min().unwrap_or(next).min(next);
-        let cur = self.shared().peer(self.ep.index).cursor.load(Relaxed);
-        if floor > cur {
-            self.shared().bcast_set_cursor(self.ep.index, floor);
-        }
+    fn publish(&self, h: &HeldSet) {
+        self.shared()
+            .held_publish(self.ep.index, h, self.next.load(Relaxed));
     }
 
     /// Gives a held (or just granted) frame back.
     fn release(&self, g: Grant, pin: Option<usize>) {
         let s = self.shared();
-        let r = self.ep.index;
-        match s.layout.mode {
-            Mode::Queue => {
-                s.q_release(r, g);
-                let mut h = self.lock();
-                h.count = h.count.saturating_sub(1);
-                s.peer(r).held.store(u64::from(h.count), Relaxed);
-                drop(h);
-                wait::wake(s, Role::Writer, false);
-            }
-            Mode::Broadcast(_) => {
-                let mut h = self.lock();
-                if let Some(p) = pin {
-                    s.bcast_unpin(r, p);
-                    h.pins &= !(1 << p);
-                }
-                if let Some(k) = h.seqs.iter().position(|&q| q == g.seq) {
-                    h.seqs.swap_remove(k);
-                }
-                h.count = h.count.saturating_sub(1);
-                s.peer(r).held.store(h.seqs.len() as u64, Relaxed);
-                self.publish(&h);
-                drop(h);
-                wait::wake(s, Role::Writer, true);
-            }
-        }
+        let mut h = self.lock();
+        s.held_release(self.ep.index, &mut h, g, pin, self.next.load(Relaxed));
+        drop(h);
+        // Broadcast: every waiting writer may now go on (a cursor moved); queue: one slot.
+        wait::wake(s, Role::Writer, s.layout.mode != Mode::Queue);
     }
 }
 
@@ -244,7 +197,7 @@ impl<T: Element, D: Dimension> ReaderBuilder<T, D> {
                 next: std::sync::atomic::AtomicU64::new(a.cursor),
                 max_held: self.max_held,
                 pins,
-                held: Mutex::new(Held::default()),
+                held: Mutex::new(HeldSet::default()),
                 #[cfg(not(shmflow_no_doorbell))]
                 doorbell,
                 ep,
@@ -291,7 +244,7 @@ impl<T: Element, D: Dimension> Reader<T, D> {
 
     /// How many frames this reader holds now.
     pub fn held(&self) -> u32 {
-        self.core.lock().count
+        self.core.lock().count()
     }
 
     /// Total frames this reader missed (drop-oldest, lossy readers, skips; 0 otherwise).
@@ -383,31 +336,17 @@ impl<T: Element, D: Dimension> Reader<T, D> {
         core.ep
             .check_process()
             .map_err(|owner| RecvError::WrongProcess { owner })?;
-        let mut h = core.lock();
-        if h.count >= core.max_held {
-            return Err(RecvError::TooManyHeld {
+        let pinning = core.pins && core.shared().layout.mode != Mode::Queue;
+        core.lock()
+            .begin(core.max_held, pinning)
+            .map_err(|_| RecvError::TooManyHeld {
                 max_held: core.max_held,
-            });
-        }
-        h.count += 1;
-        let pin = if core.pins && core.shared().layout.mode != Mode::Queue {
-            let p = (!h.pins).trailing_zeros() as usize;
-            debug_assert!(p < core.max_held as usize);
-            h.pins |= 1 << p;
-            Some(p)
-        } else {
-            None
-        };
-        Ok(pin)
+            })
     }
 
     /// Undoes [`Reader::begin`] when no frame was granted.
     fn abandon(&self, pin: Option<usize>) {
-        let mut h = self.core.lock();
-        h.count = h.count.saturating_sub(1);
-        if let Some(p) = pin {
-            h.pins &= !(1 << p);
-        }
+        self.core.lock().abandon(pin);
     }
 
     /// Records a granted frame as held, checks its metadata (another process wrote it) and
@@ -418,14 +357,8 @@ impl<T: Element, D: Dimension> Reader<T, D> {
         let r = core.ep.index;
         {
             let mut h = core.lock();
-            if shared.layout.mode != Mode::Queue {
-                h.seqs.push(g.seq);
-                core.next.store(g.seq + 1, Relaxed);
-                core.publish(&h);
-                shared.peer(r).held.store(h.seqs.len() as u64, Relaxed);
-            } else {
-                shared.peer(r).held.store(u64::from(h.count), Relaxed);
-            }
+            let next = shared.held_granted(r, &mut h, g, core.next.load(Relaxed));
+            core.next.store(next, Relaxed);
         }
         shared.peer(r).frames.fetch_add(1, Relaxed);
         let l = &shared.layout;
@@ -564,7 +497,7 @@ impl<T: Element, D: Dimension> Reader<T, D> {
         let index = self.core.ep.index;
         // Still armed from an earlier `Empty`: the doorbell has not been rung since, so there
         // is nothing to drain (this keeps a polling loop of `try_recv` free of syscalls).
-        if shared.peer(index).flags.load(SeqCst) & super::shared::FLAG_ARMED != 0 {
+        if shared.peer(index).flags.load(SeqCst) & super::protocol::FLAG_ARMED != 0 {
             return;
         }
         self.core.doorbell.drain();

@@ -3,7 +3,7 @@
 //! [`Shared`] holds raw pointers to the control block, the peer table, the slot table and the
 //! payloads, plus whatever keeps that memory alive: a shared-memory [`Segment`] for real rings,
 //! or heap allocations for the in-process backend (unit tests, proptest and loom). The protocol
-//! in [`super::core`] only ever sees `Shared`, so it is written once for both backends.
+//! in [`super::protocol`] only ever sees `Shared`, so it is written once for both backends.
 //!
 //! [`Segment`]: crate::shm::Segment
 
@@ -14,83 +14,7 @@ use super::layout::{Header, Layout, CONTROL_OFFSET};
 use super::layout::{META_STRIDE, PEER_STRIDE};
 use crate::primitive::{AtomicU32, AtomicU64};
 
-/// Bits of a stamp's sequence number: sequences wrap after 2^48 frames (9 years at 1 MHz).
-pub(crate) const SEQ_BITS: u32 = 48;
-/// Largest sequence number plus one.
-pub(crate) const SEQ_LIMIT: u64 = 1 << SEQ_BITS;
-
-/// Slot states, the low 4 bits of a stamp.
-pub(crate) mod st {
-    /// Free; in queue mode, waiting for the writer of the stamp's sequence.
-    pub const EMPTY: u64 = 0;
-    /// A writer (the stamp's owner) is filling the slot with the stamp's sequence.
-    pub const WRITING: u64 = 1;
-    /// Committed: holds the frame with the stamp's sequence.
-    pub const FULL: u64 = 2;
-    /// Queue mode: a reader (the owner) holds the frame.
-    pub const READING: u64 = 3;
-    /// Queue mode: the writer died or gave up; readers skip this sequence.
-    pub const ABANDONED: u64 = 4;
-}
-
-/// A slot stamp: `seq << 16 | owner << 4 | state`.
-#[inline]
-pub(crate) fn stamp(seq: u64, owner: usize, state: u64) -> u64 {
-    ((seq & (SEQ_LIMIT - 1)) << 16) | ((owner as u64 & 0xFFF) << 4) | (state & 0xF)
-}
-#[inline]
-pub(crate) fn stamp_seq(s: u64) -> u64 {
-    s >> 16
-}
-#[inline]
-pub(crate) fn stamp_owner(s: u64) -> usize {
-    ((s >> 4) & 0xFFF) as usize
-}
-#[inline]
-pub(crate) fn stamp_state(s: u64) -> u64 {
-    s & 0xF
-}
-
-/// Peer status, the low 8 bits of a peer's state word.
-pub(crate) mod ps {
-    /// Unused entry.
-    pub const FREE: u64 = 0;
-    /// Taken, being set up.
-    pub const CLAIMING: u64 = 1;
-    /// Attached.
-    pub const ACTIVE: u64 = 2;
-    /// Found dead; someone is releasing what it held.
-    pub const RECLAIMING: u64 = 3;
-}
-
-/// A peer's state word: `pid << 32 | generation << 8 | status`.
-#[inline]
-pub(crate) fn peer_state(pid: u32, generation: u32, status: u64) -> u64 {
-    (u64::from(pid) << 32) | (u64::from(generation & 0xFF_FFFF) << 8) | (status & 0xFF)
-}
-#[inline]
-pub(crate) fn peer_pid(s: u64) -> u32 {
-    (s >> 32) as u32
-}
-#[inline]
-pub(crate) fn peer_gen(s: u64) -> u32 {
-    ((s >> 8) & 0xFF_FFFF) as u32
-}
-#[inline]
-pub(crate) fn peer_status(s: u64) -> u64 {
-    s & 0xFF
-}
-
-/// Peer flag: blocked on its semaphore.
-pub(crate) const FLAG_SLEEPING: u32 = 1;
-/// Peer flag: wants its doorbell rung on the next frame.
-pub(crate) const FLAG_ARMED: u32 = 2;
-/// Peer flag (broadcast block reader): lossy — the writer ignores its cursor and only avoids
-/// the frames it has pinned. Set before the reader becomes ACTIVE, never changed after.
-pub(crate) const FLAG_LOSSY: u32 = 4;
-/// Peer flag (reader): the attach handshake is complete; from now on it sees every frame
-/// committed (status displays and `wait_readers` count only such readers).
-pub(crate) const FLAG_READY: u32 = 8;
+use super::protocol::stamps::{st, stamp};
 
 /// One cache line holding one counter.
 #[repr(C, align(64))]
@@ -141,7 +65,7 @@ pub(crate) struct PeerEntry {
     /// will read next (the writer reuses only slots below it); drop-oldest and lossy readers
     /// publish the next sequence they will read (for backlog figures).
     pub cursor: AtomicU64,
-    /// [`FLAG_SLEEPING`] | [`FLAG_ARMED`] | [`FLAG_LOSSY`] | [`FLAG_READY`].
+    /// Flags, see [`super::protocol::stamps`]: SLEEPING | ARMED | LOSSY | READY.
     pub flags: AtomicU32,
     /// Reader: how many frames it may hold at once (chosen at attach; the writer scans this
     /// many of its pins, at most [`MAX_PINS`]).
@@ -468,7 +392,7 @@ impl Shared {
     ///
     /// This is the single place payload addresses are made. Turning it into a slice is only
     /// sound for a slot the protocol has handed to the caller (WRITING by us, or held for
-    /// reading), which is what [`super::core`] guarantees to its callers.
+    /// reading), which is what [`super::protocol`] guarantees to its callers.
     ///
     /// # Panics
     ///

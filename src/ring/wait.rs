@@ -16,8 +16,9 @@
 
 use std::time::Duration;
 
-use super::core::Role;
-use super::shared::{peer_gen, peer_status, ps, Shared, FLAG_ARMED, FLAG_SLEEPING};
+use super::protocol::Role;
+use super::protocol::{peer_gen, peer_status, ps, FLAG_ARMED, FLAG_SLEEPING};
+use super::shared::Shared;
 use crate::primitive::Ordering::*;
 use crate::sync::doorbell::{doorbell_address, DoorbellSender};
 use crate::sync::semaphore::Semaphore;
@@ -97,7 +98,7 @@ fn now_ns() -> u64 {
     sys::monotonic_ns()
 }
 
-/// Liveness test used by reclamation (see [`Shared::peer_alive`]).
+/// Liveness test used by reclamation (see [`super::liveness::peer_alive`]).
 pub(crate) fn peer_alive(shared: &Shared) -> impl FnMut(usize, u32, u64) -> bool + '_ {
     move |i, _pid, _start| super::liveness::peer_alive(shared, i)
 }

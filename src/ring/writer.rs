@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
-use super::core::{Blocked, Grant, Role};
 use super::endpoint::Endpoint;
 use super::liveness::WriterHold;
+use super::protocol::{Blocked, Grant, Role};
 use super::wait::{self, Step, WaitEnd, WaitStrategy};
 use super::{deadline_after, Mode, Ring};
 use crate::array::{view, Element};
