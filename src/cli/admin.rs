@@ -376,7 +376,7 @@ Remove stale segments: rings whose creator process is dead and that no live proc
 attached to, and worker pools' status blocks whose pool process is dead. Also reclaims dead \
 readers and writers of live rings (a lossless writer no longer waits for them).
 
-Never removes a ring whose creator is alive, one that live readers or writers still use, a \
+Never removes a ring whose creator is alive, one that live readers or writers use (attached or still attaching), a \
 segment it cannot read as a ring (another user's, a foreign or corrupted one, one being \
 initialised): those are reported as `skipped`. With NAMEs, only those segments are \
 considered. Prints one line per action: `removed NAME (...)`, `reclaimed N dead peer(s) of \
@@ -440,7 +440,9 @@ pub fn run_gc(a: GcArgs) -> CliResult {
                 let (info, status) = &**r;
                 let live_peers = live(&status.readers) + live(&status.writers);
                 let dead_peers = status.readers.len() + status.writers.len() - live_peers;
-                if !info.creator_alive && live_peers == 0 {
+                // Peers still attaching are live users too (a reader before its handshake is
+                // not listed among the readers).
+                if !info.creator_alive && live_peers == 0 && status.attaching == 0 {
                     (
                         true,
                         format!("ring, creator pid {} is dead", info.creator_pid),

@@ -347,6 +347,10 @@ pub struct RingStatus {
     pub abandoned: u64,
     /// No writer is attached and the last one died (rather than detached).
     pub writer_died: Option<WriterDeath>,
+    /// Peers in the middle of attaching (their entry is claimed, or a reader's handshake is
+    /// not complete), whose process may be alive: not listed in `readers` or `writers` yet,
+    /// but the ring is in use (`shmflow gc` leaves it alone).
+    pub attaching: u32,
 }
 
 pub(crate) struct RingInner {
@@ -611,7 +615,18 @@ impl<T: Element, D: Dimension> Ring<T, D> {
                 })
                 .collect()
         };
+        let attaching = (0..s.layout.max_peers())
+            .filter(|&i| {
+                let e = s.peer(i);
+                let status = peer_status(e.state.load(Acquire));
+                let unready = i < s.layout.max_readers as usize
+                    && status == ps::ACTIVE
+                    && e.flags.load(Acquire) & FLAG_READY == 0;
+                (status == ps::CLAIMING || unready) && liveness::peer_alive(s, i)
+            })
+            .count() as u32;
         RingStatus {
+            attaching,
             write_seq: c.write_seq.v.load(Acquire),
             read_seq: c.read_seq.v.load(Acquire),
             backlog: s.backlog(),
@@ -631,9 +646,9 @@ impl<T: Element, D: Dimension> Ring<T, D> {
     /// monitoring tools call it directly.
     pub fn reclaim_dead_peers(&self) -> usize {
         let s = &self.inner.shared;
-        let mut alive = wait::peer_alive(s);
-        let n = s.reclaim_dead(Role::Reader, None, &mut alive)
-            + s.reclaim_dead(Role::Writer, None, &mut alive);
+        let mut dead = wait::peer_dead(s);
+        let n = s.reclaim_dead(Role::Reader, None, &mut dead)
+            + s.reclaim_dead(Role::Writer, None, &mut dead);
         if n > 0 {
             wait::wake(s, Role::Reader, true);
             wait::wake(s, Role::Writer, true);
@@ -783,8 +798,8 @@ impl<T: Element, D: Dimension> Ring<T, D> {
         if let Some(c) = try_claim()? {
             return Ok(c);
         }
-        let mut alive = wait::peer_alive(s);
-        if s.reclaim_dead(role, None, &mut alive) > 0 {
+        let mut dead = wait::peer_dead(s);
+        if s.reclaim_dead(role, None, &mut dead) > 0 {
             if let Some(c) = try_claim()? {
                 return Ok(c);
             }

@@ -247,3 +247,32 @@ pub(crate) fn peer_alive(shared: &super::shared::Shared, i: usize) -> bool {
         None => true,
     }
 }
+
+/// Proof that peer entry `i` was found dead, holding its lock: while it lives nobody else can
+/// claim the entry (claimers take the lock first) or reclaim it (reclaimers take it too).
+#[derive(Debug)]
+pub(crate) struct DeadPeer {
+    _lock: PeerLock,
+}
+
+/// `Some` when peer entry `i`'s lock is free and we could take it: its holder is dead (or the
+/// entry is between occupants), and we alone may reclaim it until the result drops. `None`
+/// when it is held (alive, or being reclaimed by someone else) or the test failed (unknown).
+/// Rings in process memory have no locks: their peers are this process's, never dead.
+pub(crate) fn take_dead(shared: &super::shared::Shared, i: usize) -> Option<DeadPeer> {
+    let seg = shared.segment()?;
+    let byte = LOCK_BASE + i as u64;
+    // The cheap test first: live peers are the common case, and taking a lock needs a new
+    // open file description.
+    if probe(seg, byte) != Liveness::Dead {
+        return None;
+    }
+    match PeerLock::take(seg, byte) {
+        Ok(Some(lock)) => Some(DeadPeer { _lock: lock }),
+        Ok(None) => None,
+        Err(e) => {
+            log::debug!("shmflow: taking a dead peer's lock failed: {e}");
+            None
+        }
+    }
+}

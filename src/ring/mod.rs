@@ -15,6 +15,8 @@ pub(crate) mod shared;
 
 #[cfg(all(test, not(loom)))]
 mod proptests;
+#[cfg(all(test, not(loom)))]
+mod reclaim_tests;
 
 #[cfg(not(loom))]
 mod api;

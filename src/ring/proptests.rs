@@ -752,9 +752,10 @@ fn attaching_peer_is_not_reclaimed_with_the_previous_start_time() {
         "a freed entry keeps no start time"
     );
     // A liveness scan elsewhere, with the real rule (same pid and same start time).
-    let mut alive = |_: usize, pid: u32, start: u64| pid == 20 && (start == 0 || start == 222);
+    let alive = |_: usize, pid: u32, start: u64| pid == 20 && (start == 0 || start == 222);
+    let mut dead = |i: usize, pid: u32, start: u64| (!alive(i, pid, start)).then_some(());
     assert_eq!(
-        s.reclaim_dead(Role::Reader, None, &mut alive),
+        s.reclaim_dead(Role::Reader, None, &mut dead),
         0,
         "a live process that is attaching was reclaimed as dead"
     );

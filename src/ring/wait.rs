@@ -98,9 +98,13 @@ fn now_ns() -> u64 {
     sys::monotonic_ns()
 }
 
-/// Liveness test used by reclamation (see [`super::liveness::peer_alive`]).
-pub(crate) fn peer_alive(shared: &Shared) -> impl FnMut(usize, u32, u64) -> bool + '_ {
-    move |i, _pid, _start| super::liveness::peer_alive(shared, i)
+/// The liveness test of reclamation: `Some` (holding the dead peer's lock, so that nobody
+/// else claims or reclaims its entry meanwhile) when peer `i` is known dead (see
+/// [`super::liveness::take_dead`]).
+pub(crate) fn peer_dead(
+    shared: &Shared,
+) -> impl FnMut(usize, u32, u64) -> Option<super::liveness::DeadPeer> + '_ {
+    move |i, _pid, _start| super::liveness::take_dead(shared, i)
 }
 
 impl Waiter {
@@ -171,9 +175,9 @@ impl Waiter {
     /// Reclaims dead peers of both roles; wakes everyone if any was found, so that other
     /// waiters re-check (for example to see `Disconnected`).
     pub(crate) fn tick(&self, shared: &Shared) {
-        let mut alive = peer_alive(shared);
-        let n = shared.reclaim_dead(Role::Reader, Some(self.index), &mut alive)
-            + shared.reclaim_dead(Role::Writer, Some(self.index), &mut alive);
+        let mut dead = peer_dead(shared);
+        let n = shared.reclaim_dead(Role::Reader, Some(self.index), &mut dead)
+            + shared.reclaim_dead(Role::Writer, Some(self.index), &mut dead);
         if n > 0 {
             wake(shared, Role::Reader, true);
             wake(shared, Role::Writer, true);

@@ -179,11 +179,15 @@ impl Shared {
                 }
             }
         }
-        let active = self.activate(i, pid, generation);
+        if !self.activate(i, pid, generation) {
+            // Reclaimed while we attached: we are no writer, and how the stream stands (a
+            // writer's death on record, the attach count) is not ours to change.
+            return false;
+        }
         // A new writer: the stream goes on, whatever happened to the previous one.
         self.control().died_writer.store(0, SeqCst);
         self.control().writer_attaches.fetch_add(1, SeqCst);
-        active
+        true
     }
 
     /// Whether a writer is attached, and if not, how the last one left.
@@ -216,14 +220,20 @@ impl Shared {
         matches!(self.writers(), Writers::Detached | Writers::Died { .. })
     }
 
-    /// Checks every attached peer of `role` (other than `me`) with `alive(index, pid,
-    /// start_time)` and reclaims the dead ones. Returns how many were reclaimed. `alive` must
-    /// answer true when it cannot tell: a peer is reclaimed only when it is known dead.
-    pub(crate) fn reclaim_dead(
+    /// Checks every attached peer of `role` (other than `me`) with `dead(index, pid,
+    /// start_time)` and reclaims the dead ones. Returns how many were reclaimed.
+    ///
+    /// `dead` answers `Some(token)` only when the peer is known dead, and the token makes the
+    /// caller the entry's only reclaimer while it lives (for rings in shared memory: the
+    /// entry's lock, which a new occupant takes before it claims the entry). Under it the
+    /// entry's state is re-read, so a reclaimer that lost the race to another one, whose work
+    /// is done and whose entry has a new occupant by now, never touches the newcomer. Unknown
+    /// answers `None`: a peer is reclaimed only when it is known dead.
+    pub(crate) fn reclaim_dead<G>(
         &self,
         role: Role,
         me: Option<usize>,
-        alive: &mut dyn FnMut(usize, u32, u64) -> bool,
+        dead: &mut dyn FnMut(usize, u32, u64) -> Option<G>,
     ) -> usize {
         let mut n = 0;
         for i in self.peers_of(role) {
@@ -242,15 +252,23 @@ impl Shared {
             } else {
                 e.start_time.load(Relaxed)
             };
-            if !alive(i, peer_pid(s), start) && self.reclaim(i, s) {
+            let Some(exclusive) = dead(i, peer_pid(s), start) else {
+                continue;
+            };
+            // We alone may change the entry now; what it is now is what we reclaim (FREE if
+            // another reclaimer finished meanwhile: nothing to do).
+            if self.reclaim(i, e.state.load(Acquire)) {
                 n += 1;
             }
+            drop(exclusive);
         }
         n
     }
 
     /// Releases everything peer `i` (observed with state word `observed`) held, then frees the
-    /// entry. Idempotent; several processes may reclaim the same peer at once.
+    /// entry. Idempotent. The caller makes sure nobody else claims or reclaims the entry
+    /// meanwhile ([`Shared::reclaim_dead`]); an entry found RECLAIMING is one whose previous
+    /// reclaimer died at work, and is finished.
     pub(crate) fn reclaim(&self, i: usize, observed: u64) -> bool {
         let e = self.peer(i);
         let status = peer_status(observed);

@@ -217,3 +217,27 @@ fn writers_gone_after_detach() {
     assert!(s.release_peer(i, 7, g));
     assert!(s.writers_gone());
 }
+
+/// PROTOCOL.md's known issue of the first v3 draft: a writer whose attach failed (its entry
+/// was reclaimed while it attached) still cleared `died_writer` and counted as an attach, so
+/// readers of a stream whose writer had died were told it ended cleanly.
+#[test]
+fn failed_writer_attach_keeps_the_death_on_record() {
+    let s = ring(Mode::Queue, 2, 1, 2);
+    let w1 = writer(&s);
+    let state = s.peer(w1).state.load(Relaxed);
+    assert!(s.reclaim(w1, state));
+    assert!(matches!(s.writers(), Writers::Died { pid: 1, .. }));
+    let attaches = s.control().writer_attaches.load(Relaxed);
+    // A second writer claims an entry, and is reclaimed (taken for dead) before it activates.
+    let (w2, g2) = s.claim_peer(Role::Writer, 9, 0).unwrap();
+    let claiming = s.peer(w2).state.load(Relaxed);
+    assert!(s.reclaim(w2, claiming));
+    assert!(!s.attach_writer(w2, 9, g2), "the attach must fail");
+    assert!(
+        matches!(s.writers(), Writers::Died { .. }),
+        "the failed attach erased the first writer's death: {:?}",
+        s.writers()
+    );
+    assert_eq!(s.control().writer_attaches.load(Relaxed), attaches);
+}
