@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the worker pool (DESIGN.md §10).
+//! Criterion benchmarks of the worker pool.
 //!
 //! ```text
 //! cargo bench --bench pool -- --warm-up-time 1 --measurement-time 3

@@ -105,8 +105,6 @@
 
 mod array;
 #[cfg(not(loom))]
-pub mod bench;
-#[cfg(not(loom))]
 pub mod error;
 mod primitive;
 #[cfg(not(loom))]
@@ -124,8 +122,8 @@ pub(crate) mod sys;
 pub mod __loom;
 
 /// Hostile-segment testing: the entry point of `tests/ring_hostile.rs` and of the `cargo fuzz`
-/// target in `fuzz/`. Not a stable API.
-#[cfg(not(loom))]
+/// target in `fuzz/`, with the `fuzz` feature. Not a stable API.
+#[cfg(all(feature = "fuzz", not(loom)))]
 #[doc(hidden)]
 pub mod __fuzz {
     pub use crate::ring::fuzz::{open_and_exercise, Outcome, Stats};

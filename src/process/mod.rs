@@ -67,3 +67,26 @@ pub fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
 pub fn affinity() -> std::io::Result<Vec<usize>> {
     crate::sys::process::affinity()
 }
+
+/// The CPUs that are online (`/sys/devices/system/cpu/online`), which a child may be pinned
+/// to even outside the caller's own affinity (unless a cpuset forbids it); the caller's
+/// affinity when that file cannot be read.
+///
+/// # Errors
+///
+/// If neither the file nor `sched_getaffinity` can be read.
+pub fn online_cpus() -> std::io::Result<Vec<usize>> {
+    crate::sys::process::online_cpus()
+}
+
+/// Sets the capacity of a pipe (`F_SETPIPE_SZ`, e.g. for a pipe between a [`Process`] and
+/// its parent that carries large messages); returns the capacity the kernel granted (at least
+/// `bytes`, rounded up to a power of two pages).
+///
+/// # Errors
+///
+/// If `fd` is not a pipe, or `bytes` exceeds `/proc/sys/fs/pipe-max-size` for an
+/// unprivileged caller (`EPERM`).
+pub fn set_pipe_capacity(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> std::io::Result<usize> {
+    crate::sys::process::set_pipe_size(fd, bytes)
+}

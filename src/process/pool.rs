@@ -381,6 +381,44 @@ impl<O> Ready<O> {
     }
 }
 
+/// A map's progress bar on stderr (indicatif, with the `progress` feature; nothing without).
+struct Bar(#[cfg(feature = "progress")] indicatif::ProgressBar);
+
+impl Bar {
+    fn new(len: u64) -> Bar {
+        #[cfg(feature = "progress")]
+        {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(len),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} tasks [{elapsed_precise} < {eta_precise}, {per_sec}]",
+            ) {
+                bar.set_style(style);
+            }
+            Bar(bar)
+        }
+        #[cfg(not(feature = "progress"))]
+        {
+            let _ = len;
+            Bar()
+        }
+    }
+
+    fn inc(&self, n: u64) {
+        #[cfg(feature = "progress")]
+        self.0.inc(n);
+        #[cfg(not(feature = "progress"))]
+        let _ = n;
+    }
+
+    fn finish_and_clear(&self) {
+        #[cfg(feature = "progress")]
+        self.0.finish_and_clear();
+    }
+}
+
 /// One map/imap/apply in progress.
 struct Job<T: Task> {
     feeder: Option<Box<dyn Iterator<Item = T::Input>>>,
@@ -391,7 +429,7 @@ struct Job<T: Task> {
     ready: BTreeMap<u64, Ready<T::Output>>,
     next: u64,
     ordered: bool,
-    progress: Option<indicatif::ProgressBar>,
+    progress: Option<Bar>,
 }
 
 impl<T: Task> Job<T> {
@@ -786,18 +824,7 @@ impl<T: Task> Inner<T> {
         self.next_job += 1;
         let chunk = self.auto_chunk(len);
         let progress = match (self.progress, len) {
-            (true, Some(n)) if n > 1 => {
-                let bar = indicatif::ProgressBar::with_draw_target(
-                    Some(n as u64),
-                    indicatif::ProgressDrawTarget::stderr(),
-                );
-                if let Ok(style) = indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} tasks [{elapsed_precise} < {eta_precise}, {per_sec}]",
-                ) {
-                    bar.set_style(style);
-                }
-                Some(bar)
-            }
+            (true, Some(n)) if n > 1 => Some(Bar::new(n as u64)),
             _ => None,
         };
         self.jobs.insert(
@@ -1069,7 +1096,7 @@ where
     }
 
     /// Show a progress bar on stderr for maps of known length (hidden when stderr is not a
-    /// terminal).
+    /// terminal). Without the `progress` feature (on by default) there is no bar to show.
     pub fn progress_bar(mut self, on: bool) -> Self {
         self.progress = on;
         self

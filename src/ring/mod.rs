@@ -22,7 +22,7 @@ mod reclaim_tests;
 mod api;
 #[cfg(not(loom))]
 mod endpoint;
-#[cfg(not(loom))]
+#[cfg(all(feature = "fuzz", not(loom)))]
 pub(crate) mod fuzz;
 #[cfg(not(loom))]
 mod liveness;

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{fill, unique, verify};
-use crate::process::{Backend, BoxError, Context, Process, ProcessBuilder};
-use crate::{Backpressure, Mode, RecvTimeoutError, Ring};
+use shmflow::process::{Backend, BoxError, Context, Process, ProcessBuilder};
+use shmflow::{Backpressure, Mode, RecvTimeoutError, Ring};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -261,12 +261,12 @@ impl Backend for SoakWriter {
                     seq += 1;
                     seq.is_multiple_of(32)
                 }
-                Err(crate::ReserveTimeoutError::Timeout) => true,
+                Err(shmflow::ReserveTimeoutError::Timeout) => true,
                 Err(e) => return Err(e.into()),
             };
             if check {
                 match ctx.recv_timeout(Duration::ZERO) {
-                    Err(crate::ChannelError::Timeout) => {}
+                    Err(shmflow::ChannelError::Timeout) => {}
                     Ok(_) => break,
                     Err(e) => return Err(e.into()),
                 }
@@ -377,7 +377,7 @@ fn expect_ledger(
 /// does not report within its bound. Failed ledger checks are not errors: they are listed in
 /// [`SoakReport::problems`].
 pub fn soak(o: &SoakOpts, mut progress: impl FnMut(&str)) -> Result<SoakReport, BoxError> {
-    if crate::process::thread_count() > 1 {
+    if shmflow::process::thread_count() > 1 {
         return Err("the soak must run before any thread is started (it forks)".into());
     }
     if o.frame_bytes == 0 || !o.frame_bytes.is_multiple_of(8) {
@@ -387,7 +387,7 @@ pub fn soak(o: &SoakOpts, mut progress: impl FnMut(&str)) -> Result<SoakReport, 
         )
         .into());
     }
-    let mut rng = Rng(crate::sys::random_u64() | 1);
+    let mut rng = Rng(super::random_u64() | 1);
     let specs: [(&'static str, Mode, u32, &[ReaderKind]); 3] = [
         (
             "block",

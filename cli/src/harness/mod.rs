@@ -21,7 +21,7 @@
 //! Each figure is measured `runs` times and reported as median, min and max.
 
 mod soak;
-pub use soak::{soak, ReaderLedger, RingLedger, RssLedger, SoakOpts, SoakReport};
+pub use soak::{soak, SoakOpts, SoakReport};
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::process::{Backend, BoxError, Context, ProcessBuilder, WorkerPool};
-use crate::{Backpressure, Mode, Ring, WaitStrategy};
+use shmflow::process::{Backend, BoxError, Context, ProcessBuilder, WorkerPool};
+use shmflow::{Backpressure, Mode, Ring, WaitStrategy};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -123,7 +123,7 @@ pub fn machine() -> Machine {
         .unwrap_or_default();
     Machine {
         // Online CPUs, not this process's affinity (which --cpus narrows).
-        cpus: crate::sys::process::online_cpus()
+        cpus: shmflow::process::online_cpus()
             .map(|c| c.len())
             .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get())),
         cpu_model,
@@ -178,11 +178,25 @@ fn stats(name: &str, transport: &str, unit: &str, mut v: Vec<f64>) -> BenchResul
     }
 }
 
+/// 64 random bits, from the standard library's per-process random hash keys and the clock:
+/// enough to keep the names of concurrent benchmark runs apart.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 fn unique(tag: &str) -> String {
     format!(
         "bench-{tag}-{}-{:x}",
         std::process::id(),
-        crate::sys::random_u64() & 0xffff_ffff
+        random_u64() & 0xffff_ffff
     )
 }
 
@@ -279,7 +293,7 @@ fn spawn_peer(
     ring: &str,
     len: usize,
     stream: Option<std::fs::File>,
-) -> Result<crate::process::Process<u64, PeerMsg>, BoxError> {
+) -> Result<shmflow::process::Process<u64, PeerMsg>, BoxError> {
     let mut b = ProcessBuilder::new("shmflow-bench");
     if let Some((_, c)) = o.cpus {
         b = b.cpus([c]);
@@ -297,7 +311,7 @@ fn spawn_peer(
     }
 }
 
-fn expect_done(p: &mut crate::process::Process<u64, PeerMsg>) -> Result<(u64, bool), BoxError> {
+fn expect_done(p: &mut shmflow::process::Process<u64, PeerMsg>) -> Result<(u64, bool), BoxError> {
     match p.recv()? {
         PeerMsg::Done(n, ok) => Ok((n, ok)),
         other => Err(format!("peer: unexpected {other:?}").into()),
@@ -404,7 +418,7 @@ fn stream_frames(
         _ => {
             let (r, w) = std::io::pipe()?;
             if transport == "pipe_1m" {
-                crate::sys::process::set_pipe_size(w.as_fd(), 1 << 20)?;
+                shmflow::process::set_pipe_capacity(w.as_fd(), 1 << 20)?;
             }
             (
                 std::fs::File::from(std::os::fd::OwnedFd::from(r)),
@@ -679,11 +693,11 @@ fn pool_frames(o: &BenchOpts, workers: usize) -> Result<Vec<f64>, BoxError> {
 ///
 /// The first scenario that fails (a process that cannot start, a corrupted frame, ...).
 pub fn run(o: &BenchOpts, mut progress: impl FnMut(&str)) -> Result<Vec<BenchResult>, BoxError> {
-    if crate::process::thread_count() > 1 {
+    if shmflow::process::thread_count() > 1 {
         return Err("bench must run before any thread is started (it forks)".into());
     }
     if let Some((w, _)) = o.cpus {
-        crate::process::set_affinity(&[w])?;
+        shmflow::process::set_affinity(&[w])?;
     }
     let mut results = Vec::new();
     for (scenario, shape, frames) in [

@@ -1,6 +1,7 @@
 //! The `shmflow` command-line tool, run as a real binary: pub/sub round trips, ls, inspect,
 //! rm, gc on live and stale rings, and one-line errors.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::io::{Read, Write};

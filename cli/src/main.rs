@@ -1,4 +1,8 @@
-//! The `shmflow` command line.
+//! The `shmflow` command: publish, subscribe to, list, inspect and clean up rings, benchmark
+//! them, and run the demo pipeline. See `shmflow --help`.
+//!
+//! This crate is the command only: the library (`shmflow`, the workspace's root package) has
+//! none of clap, md-5 or serde_json, nor the benchmark harness.
 //!
 //! Each subcommand lives in its own module, which defines its clap `Args` struct, its help
 //! text (with an example) and a `run_*` function returning a `CliResult`:
@@ -6,12 +10,12 @@
 //! - [`pubsub`]: `pub` (raw frames from stdin into a new ring) and `sub` (frames, checksums
 //!   or figures from a ring to stdout);
 //! - [`admin`]: `ls`, `inspect`, `rm`, `gc`;
-//! - [`bench`]: `bench` (the benchmark harness in `shmflow::bench`, printed as a table or JSON);
+//! - [`mod@bench`]: `bench` (the benchmark harness in [`harness`], printed as a table or JSON);
 //! - [`demo`]: `demo`, the main job.
 //!
-//! To add a subcommand (e.g. `bench`, `demo`): write `src/cli/<name>.rs` with its `Args` and
+//! To add a subcommand (e.g. `bench`, `demo`): write `cli/src/<name>.rs` with its `Args` and
 //! `run`, declare the module below, add a variant to [`Command`] and a line to the `match` in
-//! [`main`]. Errors are returned as `Failure`s (`common.rs`), never printed or panicked: [`main`] prints
+//! [`run`]. Errors are returned as `Failure`s (`common.rs`), never printed or panicked: [`run`] prints
 //! them as one line, `shmflow: <message>`, and exits non-zero.
 //!
 //! Exit codes: 0 success, 1 failure, 2 bad command line, 3 `sub --timeout` expired.
@@ -23,6 +27,7 @@ mod admin;
 mod bench;
 mod common;
 mod demo;
+mod harness;
 mod pubsub;
 
 const ABOUT: &str = "Zero-copy rings of array frames in shared memory";
@@ -87,8 +92,12 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+fn main() {
+    std::process::exit(run());
+}
+
 /// Runs the command line and returns the process's exit code.
-pub fn main() -> i32 {
+fn run() -> i32 {
     install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

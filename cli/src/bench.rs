@@ -2,8 +2,8 @@
 
 use std::io::IsTerminal;
 
+use crate::harness::{self as bench, BenchOpts, BenchResult};
 use clap::Args;
-use shmflow::bench::{self, BenchOpts, BenchResult};
 
 use super::common::{CliResult, Failure};
 
