@@ -111,6 +111,8 @@ mod primitive;
 pub mod process;
 mod ring;
 #[cfg(not(loom))]
+pub mod segments;
+#[cfg(not(loom))]
 pub(crate) mod shm;
 #[cfg(not(loom))]
 pub(crate) mod sync;

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use shmflow::{OpenError, PeerStatus, Ring, RingInfo, RingStatus};
 
 use super::common::{
-    classify, describe, fail, fmt_shape, human_bytes, inspect_ring, CliResult, Failure, Out,
-    Segment, PREFIX, SHM_DIR,
+    classify, describe, fmt_shape, human_bytes, inspect_ring, CliResult, Failure, Out, Segment,
+    SegmentKind, SHM_DIR,
 };
 
 // ---------------------------------------------------------------- ls
@@ -51,27 +51,15 @@ fn live(peers: &[PeerStatus]) -> usize {
 
 /// Runs `shmflow ls`.
 pub fn run_ls(a: LsArgs) -> CliResult {
-    let names =
-        shmflow::list().map_err(|e| Failure::new(format!("could not list {SHM_DIR}: {e}")))?;
-    let mut entries = Vec::new();
-    for name in names {
-        match classify(&name) {
-            Ok(s) => entries.push((name, s)),
-            // Removed since the listing: not there any more.
-            Err(OpenError::NotFound { .. }) => {}
-            Err(e) => return Err(fail(e)),
-        }
-    }
+    let entries = shmflow::segments::list()
+        .map_err(|e| Failure::new(format!("could not list {SHM_DIR}: {e}")))?;
     let mut out = Out::new();
     if a.json {
-        let list: Vec<Value> = entries.iter().map(|(n, s)| segment_json(n, s)).collect();
+        let list: Vec<Value> = entries.iter().map(segment_json).collect();
         return out.line(Value::Array(list));
     }
     let tty = out.tty;
-    let rows: Vec<[String; 12]> = entries
-        .iter()
-        .map(|(name, seg)| ls_row(name, seg, tty))
-        .collect();
+    let rows: Vec<[String; 12]> = entries.iter().map(|seg| ls_row(seg, tty)).collect();
     if !tty {
         for r in rows {
             out.line(r.join("\t"))?;
@@ -108,11 +96,12 @@ pub fn run_ls(a: LsArgs) -> CliResult {
     Ok(())
 }
 
-fn ls_row(name: &str, seg: &Segment, tty: bool) -> [String; 12] {
+fn ls_row(seg: &Segment, tty: bool) -> [String; 12] {
     let size = |n: u64| if tty { human_bytes(n) } else { n.to_string() };
     let dash = || "-".to_owned();
-    match seg {
-        Segment::Ring(r) => {
+    let name = &seg.name;
+    match &seg.kind {
+        SegmentKind::Ring(r) => {
             let (info, status) = &**r;
             let peers = |p: &[PeerStatus], max: u32| {
                 if tty {
@@ -136,14 +125,10 @@ fn ls_row(name: &str, seg: &Segment, tty: bool) -> [String; 12] {
                 if tty { String::new() } else { dash() },
             ]
         }
-        Segment::PoolStatus {
-            pid,
-            alive,
-            size: n,
-        } => [
+        SegmentKind::PoolStatus { pid, alive } => [
             name.to_owned(),
             "pool-status".into(),
-            size(*n),
+            size(seg.size),
             dash(),
             dash(),
             dash(),
@@ -154,10 +139,10 @@ fn ls_row(name: &str, seg: &Segment, tty: bool) -> [String; 12] {
             dash(),
             format!("(pool status, pid {pid})"),
         ],
-        Segment::Unreadable { error, size: n } => [
+        SegmentKind::Unreadable(error) => [
             name.to_owned(),
             "unreadable".into(),
-            size(*n),
+            size(seg.size),
             dash(),
             dash(),
             dash(),
@@ -167,6 +152,20 @@ fn ls_row(name: &str, seg: &Segment, tty: bool) -> [String; 12] {
             dash(),
             dash(),
             describe(error),
+        ],
+        _ => [
+            name.to_owned(),
+            "unknown".into(),
+            size(seg.size),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
         ],
     }
 }
@@ -210,22 +209,24 @@ fn ring_json(info: &RingInfo, status: &RingStatus) -> Value {
     })
 }
 
-fn segment_json(name: &str, seg: &Segment) -> Value {
-    match seg {
-        Segment::Ring(r) => ring_json(&r.0, &r.1),
-        Segment::PoolStatus { pid, alive, size } => json!({
+fn segment_json(seg: &Segment) -> Value {
+    let (name, size) = (&seg.name, seg.size);
+    match &seg.kind {
+        SegmentKind::Ring(r) => ring_json(&r.0, &r.1),
+        SegmentKind::PoolStatus { pid, alive } => json!({
             "name": name,
             "kind": "pool-status",
             "total_size": size,
             "creator_pid": pid,
             "creator_alive": alive,
         }),
-        Segment::Unreadable { error, size } => json!({
+        SegmentKind::Unreadable(error) => json!({
             "name": name,
             "kind": "unreadable",
             "total_size": size,
             "error": describe(error),
         }),
+        _ => json!({ "name": name, "kind": "unknown", "total_size": size }),
     }
 }
 
@@ -407,7 +408,7 @@ const SETUP_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// ready), owned by this user, unchanged for [`SETUP_GRACE`] — returns its age.
 fn abandoned_setup(name: &str) -> Option<std::time::Duration> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(format!("{SHM_DIR}/{PREFIX}{name}")).ok()?;
+    let meta = std::fs::metadata(shmflow::segments::path(name)).ok()?;
     // /proc/self belongs to the process's effective user.
     let me = std::fs::metadata("/proc/self").ok()?.uid();
     let age = meta.modified().ok()?.elapsed().ok()?;
@@ -435,8 +436,8 @@ pub fn run_gc(a: GcArgs) -> CliResult {
                 continue;
             }
         };
-        let (stale, why) = match &seg {
-            Segment::Ring(r) => {
+        let (stale, why) = match &seg.kind {
+            SegmentKind::Ring(r) => {
                 let (info, status) = &**r;
                 let live_peers = live(&status.readers) + live(&status.writers);
                 let dead_peers = status.readers.len() + status.writers.len() - live_peers;
@@ -478,10 +479,10 @@ pub fn run_gc(a: GcArgs) -> CliResult {
                     (false, String::new())
                 }
             }
-            Segment::PoolStatus { pid, alive, .. } => {
+            SegmentKind::PoolStatus { pid, alive } => {
                 (!alive, format!("pool status, pid {pid} is dead"))
             }
-            Segment::Unreadable { error, .. } => match abandoned_setup(name) {
+            SegmentKind::Unreadable(error) => match abandoned_setup(name) {
                 Some(age) => (
                     true,
                     format!(
@@ -494,6 +495,7 @@ pub fn run_gc(a: GcArgs) -> CliResult {
                     (false, String::new())
                 }
             },
+            _ => (false, String::new()),
         };
         if !stale {
             continue;
@@ -511,7 +513,8 @@ pub fn run_gc(a: GcArgs) -> CliResult {
     }
     if actions == 0 && errors.is_empty() && out.tty {
         out.line(format_args!(
-            "nothing to remove in {SHM_DIR}/{PREFIX}*{}",
+            "nothing to remove in {}*{}",
+            shmflow::segments::path("").display(),
             if explicit {
                 " (among the given names)"
             } else {

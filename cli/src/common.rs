@@ -1,19 +1,14 @@
 //! Helpers shared by the subcommands: argument parsers, the error type, output, formatting,
-//! and telling rings from the other segments in `/dev/shm`.
+//! and the segments in `/dev/shm` (told apart by `shmflow::segments`).
 
 use std::error::Error;
 use std::fmt::Write as _;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
 use shmflow::{DType, Mode, OpenError, RingInfo, RingStatus};
 
-/// Where POSIX shared-memory objects live on Linux, and the prefix of ours.
-pub const SHM_DIR: &str = "/dev/shm";
-pub const PREFIX: &str = "shmflow.";
-
-/// The first eight bytes of every ring segment (the header's magic number).
-const RING_MAGIC: &[u8; 8] = b"SHMFLOW\0";
+pub use shmflow::segments::{Segment, SegmentKind, SHM_DIR};
 
 // ---------------------------------------------------------------- errors and exit codes
 
@@ -289,66 +284,9 @@ pub fn human_bytes(n: u64) -> String {
 
 // ---------------------------------------------------------------- segments
 
-/// What a `/dev/shm/shmflow.*` entry is.
-#[derive(Debug)]
-pub enum Segment {
-    /// A ring, with its header and state.
-    Ring(Box<(RingInfo, RingStatus)>),
-    /// A worker pool's status block (`pool-<pid>-<hex>`), made by `WorkerPool`.
-    PoolStatus { pid: u32, alive: bool, size: u64 },
-    /// Something we could not read as a ring (another user's ring, a foreign or corrupted
-    /// segment, a ring whose creator is still initialising it or died doing so).
-    Unreadable { error: OpenError, size: u64 },
-}
-
-/// Size of `/dev/shm/shmflow.<name>` (0 if it cannot be read).
-pub fn segment_size(name: &str) -> u64 {
-    std::fs::metadata(format!("{SHM_DIR}/{PREFIX}{name}")).map_or(0, |m| m.len())
-}
-
-/// The pid in a pool status block's name `pool-<pid>-<hex>`.
-fn pool_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("pool-")?;
-    let (pid, hex) = rest.split_once('-')?;
-    let hex_ok = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
-    let pid_ok = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
-    if hex_ok && pid_ok {
-        pid.parse().ok()
-    } else {
-        None
-    }
-}
-
-/// Whether a process exists (`/proc/<pid>`). Without a start time to compare this can be
-/// fooled by a reused pid, which only ever makes `gc` keep a segment.
-pub fn pid_exists(pid: u32) -> bool {
-    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Tells what the segment `name` is. A pool status block is recognised by its name and by
-/// not starting with a ring's magic number (read with `read(2)`, which is not a data race),
-/// so that it is not mistaken for a ring still being initialised (`inspect` would wait 1 s).
+/// Tells what the segment `name` is (see [`shmflow::segments::get`]).
 pub fn classify(name: &str) -> Result<Segment, OpenError> {
-    if let Some(pid) = pool_pid(name) {
-        let mut head = [0u8; 8];
-        let read = std::fs::File::open(format!("{SHM_DIR}/{PREFIX}{name}"))
-            .and_then(|mut f| f.read_exact(&mut head));
-        if read.is_ok() && &head != RING_MAGIC {
-            return Ok(Segment::PoolStatus {
-                pid,
-                alive: pid_exists(pid),
-                size: segment_size(name),
-            });
-        }
-    }
-    match shmflow::inspect(name) {
-        Ok(r) => Ok(Segment::Ring(Box::new(r))),
-        Err(e @ OpenError::NotFound { .. }) | Err(e @ OpenError::InvalidName(_)) => Err(e),
-        Err(error) => Ok(Segment::Unreadable {
-            error,
-            size: segment_size(name),
-        }),
-    }
+    shmflow::segments::get(name)
 }
 
 /// Reads a ring's header and state, with a clear error for a segment that is not a ring.
@@ -361,12 +299,13 @@ pub fn into_ring(
     name: &str,
     segment: Result<Segment, OpenError>,
 ) -> CliResult<(RingInfo, RingStatus)> {
-    match segment.map_err(fail)? {
-        Segment::Ring(r) => Ok(*r),
-        Segment::PoolStatus { pid, .. } => Err(Failure::new(format!(
+    match segment.map_err(fail)?.kind {
+        SegmentKind::Ring(r) => Ok(*r),
+        SegmentKind::PoolStatus { pid, .. } => Err(Failure::new(format!(
             "{name:?} is the status block of a worker pool (pid {pid}), not a ring"
         ))),
-        Segment::Unreadable { error, .. } => Err(fail(error)),
+        SegmentKind::Unreadable(error) => Err(fail(error)),
+        _ => Err(Failure::new(format!("{name:?} is not a ring"))),
     }
 }
 
@@ -382,15 +321,6 @@ mod tests {
         for bad in ["", "1,,2", "0,3", "a,b", "-1", "1,2,3,4,5,6,7,8,9", "1.5"] {
             assert!(parse_shape(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn pool_names() {
-        assert_eq!(pool_pid("pool-123-abc0"), Some(123));
-        assert_eq!(pool_pid("pool-123-"), None);
-        assert_eq!(pool_pid("pool-x-ab"), None);
-        assert_eq!(pool_pid("cam"), None);
-        assert_eq!(pool_pid("pool-1-zz"), None);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use shmflow::{
 use super::common::{
     classify, fail, fmt_shape, human_bytes, inspect_ring, into_ring, output_error, parse_dtype,
     parse_group, parse_mode, parse_octal, parse_rate, parse_seconds, parse_shape, stderr_is_tty,
-    with_dtype, CliResult, Failure, Out, Segment, Shape, EXIT_INTERRUPTED, EXIT_TIMEOUT,
+    with_dtype, CliResult, Failure, Out, Segment, SegmentKind, Shape, EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
 };
 
 // ---------------------------------------------------------------- pub
@@ -435,8 +436,8 @@ pub fn run_sub(a: SubArgs) -> CliResult {
         let missing = matches!(
             segment,
             Err(OpenError::NotFound { .. })
-                | Ok(Segment::Unreadable {
-                    error: OpenError::NotReady { .. },
+                | Ok(Segment {
+                    kind: SegmentKind::Unreadable(OpenError::NotReady { .. }),
                     ..
                 })
         );

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::ChannelError;
+use crate::process::error::ChannelError;
 use crate::sys::process as sysp;
 
 /// Largest frame accepted (a peer announcing more is corrupt or hostile).

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::pool::{PoolBuilder, Task, WorkerInfo, WorkerPool};
 use crate::array::Element;
-use crate::error::{PoolError, RecvTimeoutError};
+use crate::process::error::PoolError;
+use crate::ring::error::RecvTimeoutError;
 use crate::ring::{ReadSlot, Reader, Ring, WriteSlot, Writer};
 
 /// Why a frame task produced no value.

@@ -14,9 +14,11 @@
 #![forbid(unsafe_code)]
 
 mod control;
+pub(crate) mod error;
 mod frames;
 mod logfwd;
 mod pool;
+pub(crate) use pool::POOL_STATUS_TAG;
 mod spawn;
 
 pub use crate::sys::process::ThreadedFork;

@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::spawn::{Backend, BoxError, Context, Process, ProcessBuilder, StartMethod};
-use crate::error::{ExitReason, PoolError, ProcessError, TaskError, TaskErrorKind};
+use crate::process::error::{ExitReason, PoolError, ProcessError, TaskError, TaskErrorKind};
 use crate::shm::Counters;
 use crate::sys;
 use crate::sys::process::ThreadedFork;
@@ -160,6 +160,9 @@ pub(crate) enum WorkerMsg<O, E> {
 }
 
 // ---------------------------------------------------------------- shared status
+
+/// Name tag of a pool's status block: the segment `pool-<pid>-<hex>` (see `shmflow::segments`).
+pub(crate) const POOL_STATUS_TAG: &str = "pool";
 
 /// Counters per worker slot in the shared status block.
 const STATUS_WORDS: usize = 16;
@@ -336,7 +339,7 @@ where
 
 type Proc<T> =
     Process<PoolCmd<<T as Task>::Input>, WorkerMsg<<T as Task>::Output, <T as Task>::ExitValue>>;
-type Spawner<T> = Box<dyn FnMut(WorkerInfo) -> Result<Proc<T>, crate::error::SpawnError>>;
+type Spawner<T> = Box<dyn FnMut(WorkerInfo) -> Result<Proc<T>, crate::process::error::SpawnError>>;
 
 struct Chunk<I> {
     job: u64,
@@ -1183,10 +1186,10 @@ where
         self,
         task: T,
         reexec: bool,
-        spawn: fn(ProcessBuilder, Worker<T>) -> Result<Proc<T>, crate::error::SpawnError>,
+        spawn: fn(ProcessBuilder, Worker<T>) -> Result<Proc<T>, crate::process::error::SpawnError>,
     ) -> Result<WorkerPool<T>, PoolError> {
         let counters = Arc::new(
-            Counters::create("pool", self.workers * STATUS_WORDS)
+            Counters::create(POOL_STATUS_TAG, self.workers * STATUS_WORDS)
                 .map_err(|e| PoolError::Io(std::io::Error::other(e.to_string())))?,
         );
         let task = Arc::new(task);

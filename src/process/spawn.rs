@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::control::{decode, encode, RawChannel};
-use crate::error::{ChannelError, ExitReason, ProcessError, SpawnError};
+use crate::process::error::{ChannelError, ExitReason, ProcessError, SpawnError};
 use crate::sys;
 use crate::sys::process::{self as sysp, Fork, ThreadedFork, WaitStatus};
 

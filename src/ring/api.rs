@@ -18,8 +18,8 @@ use super::shared::Shared;
 use super::wait;
 use super::writer::{Writer, WriterCore};
 use crate::array::{DType, Element};
-use crate::error::{AttachError, CreateError, OpenError};
 use crate::primitive::Ordering::*;
+use crate::ring::error::{AttachError, CreateError, OpenError};
 use crate::shm::{Segment, SegmentCreateError, SegmentOpenError};
 use crate::sync::semaphore::Semaphore;
 use crate::sys;
@@ -844,7 +844,7 @@ pub(crate) fn open_segment(
     let started = Instant::now();
     let initialising = |e: &SegmentOpenError| match e {
         SegmentOpenError::TooSmall { size: 0, .. } => true,
-        SegmentOpenError::PermissionDenied => std::fs::metadata(format!("/dev/shm/shmflow.{name}"))
+        SegmentOpenError::PermissionDenied => std::fs::metadata(crate::shm::segment_path(name))
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777 == 0o200)
             .unwrap_or(false),
         _ => false,

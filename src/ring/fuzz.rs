@@ -37,7 +37,7 @@ use super::layout::{Backpressure, Mode, CONTROL_OFFSET, META_STRIDE, PEER_STRIDE
 use super::shared::Shared;
 use super::{Reader, Ring, WaitStrategy, Writer};
 use crate::array::{DType, Element};
-use crate::error::{OpenError, RecvTimeoutError, ReserveTimeoutError, TryRecvError};
+use crate::ring::error::{OpenError, RecvTimeoutError, ReserveTimeoutError, TryRecvError};
 
 /// What [`open_and_exercise`] saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +112,8 @@ impl Scratch {
         }
     }
 
-    fn path(&self) -> String {
-        format!("/dev/shm/{}{}", crate::shm::NAME_PREFIX, self.name)
+    fn path(&self) -> std::path::PathBuf {
+        crate::shm::segment_path(&self.name)
     }
 
     fn file(&self) -> std::io::Result<File> {
@@ -247,7 +247,7 @@ struct Endpoints<T: Element, D: Dimension> {
     readers: Vec<Reader<T, D>>,
 }
 
-fn counted<E>(r: Result<E, crate::error::AttachError>, st: &mut Stats) -> Option<E> {
+fn counted<E>(r: Result<E, crate::ring::error::AttachError>, st: &mut Stats) -> Option<E> {
     match r {
         Ok(e) => {
             st.attached += 1;

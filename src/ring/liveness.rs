@@ -116,7 +116,7 @@ impl PeerLock {
 
 /// The path of the writer FIFO of the ring whose token is `token`.
 pub(crate) fn fifo_path(token: u64) -> CString {
-    CString::new(format!("/dev/shm/.shmflow-{token:016x}.writers")).expect("no NUL")
+    CString::new(crate::shm::companion_path(&format!("{token:016x}.writers"))).expect("no NUL")
 }
 
 /// Makes the writer FIFO of a new ring: permission bits `mode` (read/write bits only), group

@@ -22,6 +22,8 @@ mod reclaim_tests;
 mod api;
 #[cfg(not(loom))]
 mod endpoint;
+#[cfg(not(loom))]
+pub(crate) mod error;
 #[cfg(all(feature = "fuzz", not(loom)))]
 pub(crate) mod fuzz;
 #[cfg(not(loom))]

@@ -23,8 +23,8 @@ use super::shared::{Shared, MAX_PINS};
 use super::wait::{self, Step, WaitEnd, WaitStrategy};
 use super::{deadline_after, Mode, Ring};
 use crate::array::{view, Element};
-use crate::error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::primitive::Ordering::*;
+use crate::ring::error::{RecvError, RecvTimeoutError, TryRecvError};
 
 /// What a reader's entry, settings and guards share.
 pub(crate) struct ReaderCore {
@@ -173,7 +173,7 @@ impl<T: Element, D: Dimension> ReaderBuilder<T, D> {
     /// [`AttachError::WrongProcess`](crate::AttachError::WrongProcess) when the ring handle
     /// came from another process; [`AttachError::Io`](crate::AttachError::Io) if the
     /// doorbell or the liveness lock cannot be set up.
-    pub fn attach(self) -> Result<Reader<T, D>, crate::error::AttachError> {
+    pub fn attach(self) -> Result<Reader<T, D>, crate::ring::error::AttachError> {
         let ring = self.ring;
         let l = &ring.shared().layout;
         let lossy = self.lossy && l.mode == Mode::Broadcast(super::Backpressure::Block);
@@ -183,7 +183,7 @@ impl<T: Element, D: Dimension> ReaderBuilder<T, D> {
             max = max.min(MAX_PINS as u32);
         }
         if self.max_held == 0 || self.max_held > max {
-            return Err(crate::error::AttachError::MaxHeld {
+            return Err(crate::ring::error::AttachError::MaxHeld {
                 requested: self.max_held,
                 max,
             });

@@ -20,8 +20,10 @@ use super::protocol::{Blocked, Grant, Role};
 use super::wait::{self, Step, WaitEnd, WaitStrategy};
 use super::{deadline_after, Mode, Ring};
 use crate::array::{view, Element};
-use crate::error::{ReserveError, ReserveTimeoutError, SendError, ShapeError, TryReserveError};
 use crate::primitive::Ordering::*;
+use crate::ring::error::{
+    ReserveError, ReserveTimeoutError, SendError, ShapeError, TryReserveError,
+};
 use crate::sys;
 
 /// What a writer's entry, settings and guard share.

@@ -38,7 +38,19 @@ pub(crate) const NAME_PREFIX: &str = "shmflow.";
 pub(crate) const MAX_NAME_LEN: usize = 200;
 
 /// Directory where Linux C libraries keep POSIX shared memory objects.
-const SHM_DIR: &str = "/dev/shm";
+pub(crate) const SHM_DIR: &str = "/dev/shm";
+
+/// The naming scheme in one place: the file of segment `name` (a validated name), i.e.
+/// `/dev/shm/shmflow.<name>`.
+pub(crate) fn segment_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(SHM_DIR).join(format!("{NAME_PREFIX}{name}"))
+}
+
+/// The file of one of shmflow's companion files (hidden, so [`Segment::list`] does not show
+/// them): `/dev/shm/.shmflow-<what>`, e.g. a ring's writer FIFO.
+pub(crate) fn companion_path(what: &str) -> String {
+    format!("{SHM_DIR}/.shmflow-{what}")
+}
 
 /// Mode of a segment while its creator initialises it: owner write only.
 const INIT_MODE: u32 = 0o200;
@@ -449,7 +461,7 @@ impl Segment {
         let Ok(mine) = sys::fstat(self.fd.as_fd()) else {
             return false;
         };
-        let path = format!("/dev/shm{}", self.shm_name.to_string_lossy());
+        let path = format!("{SHM_DIR}{}", self.shm_name.to_string_lossy());
         match std::fs::metadata(path) {
             Ok(m) => (m.dev(), m.ino()) == mine.id,
             Err(_) => false,
@@ -704,9 +716,24 @@ impl Counters {
             crate::sys::getpid(),
             crate::sys::random_u64() & 0xffff_ffff
         );
+        debug_assert_eq!(Counters::owner(&name, tag), Some(crate::sys::getpid()));
         let segment = Segment::create(&name, bytes)?;
         segment.publish(0o600).map_err(SegmentCreateError::Io)?;
         Ok(Counters { segment, len })
+    }
+
+    /// The pid of the process that made the block `name` with [`Counters::create`]`(tag, ..)`
+    /// (names are `<tag>-<pid>-<hex>`), or `None` if `name` is not such a name.
+    pub(crate) fn owner(name: &str, tag: &str) -> Option<u32> {
+        let rest = name.strip_prefix(tag)?.strip_prefix('-')?;
+        let (pid, hex) = rest.split_once('-')?;
+        let hex_ok = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        let pid_ok = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        if hex_ok && pid_ok {
+            pid.parse().ok()
+        } else {
+            None
+        }
     }
 
     /// Opens a block made by [`Counters::create`] (it is never the owner).
