@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use shmflow::process::{
-    self, Backend, BoxError, Context, FrameTask, Process, ProcessBuilder, WorkerPool,
+    self, Backend, BoxError, Context, ForkBuilder, FrameTask, Process, WorkerPool,
 };
 use shmflow::{Backpressure, Mode, Reader, Ring, TryRecvError};
 
@@ -276,7 +276,7 @@ impl Frames {
             })
             .expect("build frame pool");
         pool.start().expect("start workers");
-        let camera = ProcessBuilder::new("bench-camera")
+        let camera = ForkBuilder::new("bench-camera")
             .spawn(Camera { ring: input })
             .expect("spawn camera");
         Frames {

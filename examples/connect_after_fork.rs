@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shmflow::process::{self, Backend, BoxError, Context, ProcessBuilder, WorkerInfo, WorkerPool};
+use shmflow::process::{self, Backend, BoxError, Context, ForkBuilder, WorkerInfo, WorkerPool};
 
 /// Requests to the server process.
 #[derive(Debug, Serialize, Deserialize)]
@@ -163,7 +163,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     assert_eq!(process::thread_count(), 1, "fork first, then threads");
 
     // The server: a forked child; its first reply says which port it listens on.
-    let mut server = ProcessBuilder::new("upper-server").spawn(UpperServer)?;
+    let mut server = ForkBuilder::new("upper-server").spawn(UpperServer)?;
     let port = match server.recv_timeout(Duration::from_secs(5))? {
         ServerReply::Listening { port } => port,
         other => return Err(format!("unexpected first reply {other:?}").into()),

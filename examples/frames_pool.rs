@@ -34,7 +34,7 @@ use std::collections::HashSet;
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use shmflow::process::{self, Backend, BoxError, Context, ProcessBuilder, WorkerPool};
+use shmflow::process::{self, Backend, BoxError, Context, ForkBuilder, WorkerPool};
 use shmflow::{Backpressure, Mode, Ring};
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -269,7 +269,7 @@ fn run(workers: usize, frames: u64, slots: Option<u32>, expected: &Expected) -> 
         })?;
     // Every worker's reader must be attached before the camera writes frame 0.
     pool.start()?;
-    let mut camera = ProcessBuilder::new("camera").spawn(Camera {
+    let mut camera = ForkBuilder::new("camera").spawn(Camera {
         ring: input.clone(),
     })?;
 

@@ -25,7 +25,7 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shmflow::process::{self, Backend, BoxError, Context, ProcessBuilder};
+use shmflow::process::{self, Backend, BoxError, Context, ForkBuilder};
 use shmflow::{ExitReason, ProcessError};
 
 /// What the frontend asks.
@@ -92,7 +92,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // ---------------------------------------------------------------- round trips
     let t = Instant::now();
-    let mut backend = ProcessBuilder::new("pingpong").spawn(PingPong)?;
+    let mut backend = ForkBuilder::new("pingpong").spawn(PingPong)?;
     println!(
         "started backend {:?} (pid {}) in {:.2?}",
         backend.name(),
@@ -140,7 +140,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // ---------------------------------------------------------------- a crash
     println!();
-    let mut fragile = ProcessBuilder::new("fragile").spawn(PingPong)?;
+    let mut fragile = ForkBuilder::new("fragile").spawn(PingPong)?;
     println!(
         "started backend {:?} (pid {}); asking it to divide by zero (the child's panic message \
          follows on stderr)",

@@ -417,7 +417,7 @@ fn frames_through_rings() {
         })
         .unwrap();
     pool.start().unwrap();
-    let mut camera = process::ProcessBuilder::new("camera")
+    let mut camera = process::ForkBuilder::new("camera")
         .spawn(Camera {
             ring: input.clone(),
         })

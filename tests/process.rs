@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shmflow::process::{self, Backend, BoxError, Context, ProcessBuilder, StartMethod};
+use shmflow::process::{self, Backend, BoxError, Context, ForkBuilder, ReexecBuilder};
 use shmflow::{ExitReason, ProcessError, SpawnError};
 
 #[derive(Serialize, Deserialize)]
@@ -67,10 +67,9 @@ fn echo() -> Echo {
 /// Spawns by re-exec: libtest runs tests on threads, so fork is refused here (fork-based
 /// tests live in `tests/process_fork.rs`, which has its own single-threaded `main`).
 fn spawn(name: &str) -> process::Process<Cmd, String> {
-    ProcessBuilder::new(name)
-        .start_method(StartMethod::Reexec)
-        .reexec_args(["reexec_entry", "--exact", "--nocapture"])
-        .spawn_reexec(echo())
+    ReexecBuilder::new(name)
+        .args(["reexec_entry", "--exact", "--nocapture"])
+        .spawn(echo())
         .expect("spawn")
 }
 
@@ -103,7 +102,7 @@ fn reexec_works_from_a_threaded_parent() {
 #[test]
 fn fork_is_refused_after_threads() {
     let _t = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(300)));
-    match ProcessBuilder::new("nope").spawn(echo()) {
+    match ForkBuilder::new("nope").spawn(echo()) {
         Err(SpawnError::Threads { threads }) => assert!(threads > 1),
         other => panic!(
             "expected SpawnError::Threads, got {:?}",
@@ -188,10 +187,10 @@ fn recv_timeout_returns() {
 
 #[test]
 fn pinning_applies_to_the_child() {
-    let mut p = ProcessBuilder::new("pinned")
+    let mut p = ReexecBuilder::new("pinned")
         .cpus([0])
-        .reexec_args(["reexec_entry", "--exact", "--nocapture"])
-        .spawn_reexec(echo())
+        .args(["reexec_entry", "--exact", "--nocapture"])
+        .spawn(echo())
         .unwrap();
     assert_eq!(
         p.request(&Cmd::Cpus).unwrap().split_whitespace().last(),
@@ -199,9 +198,7 @@ fn pinning_applies_to_the_child() {
     );
     p.stop(Duration::from_secs(10)).unwrap();
     assert!(matches!(
-        ProcessBuilder::new("bad")
-            .cpus([100_000])
-            .spawn_reexec(echo()),
+        ReexecBuilder::new("bad").cpus([100_000]).spawn(echo()),
         Err(SpawnError::BadCpus { .. })
     ));
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shmflow::process::{self, Backend, BoxError, Context, ProcessBuilder, StartMethod};
+use shmflow::process::{self, Backend, BoxError, Context, ForkBuilder, ReexecBuilder};
 use shmflow::{ExitReason, ProcessError, SpawnError};
 
 #[derive(Serialize, Deserialize)]
@@ -34,7 +34,7 @@ impl Backend for Node {
                     ctx.reply(&(comm.trim().len() as u64))?
                 }
                 Cmd::SpawnGrandchild => {
-                    let k = ProcessBuilder::new("grandchild").spawn(Node {
+                    let k = ForkBuilder::new("grandchild").spawn(Node {
                         depth: self.depth + 1,
                     })?;
                     ctx.reply(&u64::from(k.pid()))?;
@@ -57,7 +57,7 @@ fn alive(pid: u32) -> bool {
 }
 
 fn fork_round_trip() {
-    let mut p = ProcessBuilder::new("forked-node")
+    let mut p = ForkBuilder::new("forked-node")
         .spawn(Node { depth: 0 })
         .unwrap();
     assert_eq!(p.request(&Cmd::Ping(41)).unwrap(), 42);
@@ -67,7 +67,7 @@ fn fork_round_trip() {
 }
 
 fn fork_panic_is_reported() {
-    let mut p = ProcessBuilder::new("panicky")
+    let mut p = ForkBuilder::new("panicky")
         .spawn(Node { depth: 3 })
         .unwrap();
     match p.request(&Cmd::Panic).unwrap_err() {
@@ -83,7 +83,7 @@ fn fork_panic_is_reported() {
 }
 
 fn killed_parent_takes_its_children_along() {
-    let mut mid = ProcessBuilder::new("mid").spawn(Node { depth: 0 }).unwrap();
+    let mut mid = ForkBuilder::new("mid").spawn(Node { depth: 0 }).unwrap();
     let grandchild = mid.request(&Cmd::SpawnGrandchild).unwrap() as u32;
     assert!(alive(grandchild));
     mid.kill();
@@ -100,23 +100,22 @@ fn killed_parent_takes_its_children_along() {
 
 fn fork_after_threads_is_refused_and_reexec_works() {
     let t = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(500)));
-    match ProcessBuilder::new("x").spawn(Node { depth: 0 }) {
+    match ForkBuilder::new("x").spawn(Node { depth: 0 }) {
         Err(SpawnError::Threads { threads }) => assert!(threads >= 2),
         other => panic!(
             "expected SpawnError::Threads, got {:?}",
             other.map(|p| p.pid())
         ),
     }
-    let mut p = ProcessBuilder::new("reexeced")
-        .start_method(StartMethod::Reexec)
-        .spawn_reexec(Node { depth: 0 })
+    let mut p = ReexecBuilder::new("reexeced")
+        .spawn(Node { depth: 0 })
         .unwrap();
     assert_eq!(p.request(&Cmd::Ping(1)).unwrap(), 2);
     p.stop(Duration::from_secs(10)).unwrap();
     // Opting in: allowed, the caller accepts the risk.
     // SAFETY: the other thread `t` only sleeps; it holds no lock the child could need.
     let permit = unsafe { shmflow::process::ThreadedFork::assume_no_locks_held() };
-    let mut p = ProcessBuilder::new("risky")
+    let mut p = ForkBuilder::new("risky")
         .allow_threads(permit)
         .spawn(Node { depth: 0 })
         .unwrap();

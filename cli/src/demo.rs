@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shmflow::process::{self, Backend, BoxError, Context, ProcessBuilder, WorkerPool};
+use shmflow::process::{self, Backend, BoxError, Context, ForkBuilder, WorkerPool};
 use shmflow::{Backpressure, Mode, Ring};
 
 pub const DEMO_ABOUT: &str = "\
@@ -413,12 +413,12 @@ fn run_rings(o: &DemoOpts, stop: &AtomicBool) -> Result<Figures, String> {
     pool.start().map_err(|e| e.to_string())?;
 
     let spawn_err = |e: shmflow::SpawnError| e.to_string();
-    let mut recorder = ProcessBuilder::new("shmflow-rec")
+    let mut recorder = ForkBuilder::new("shmflow-rec")
         .spawn(Recorder {
             ring: frames_name.clone(),
         })
         .map_err(spawn_err)?;
-    let mut preview = ProcessBuilder::new("shmflow-view")
+    let mut preview = ForkBuilder::new("shmflow-view")
         .spawn(Preview {
             ring: frames_name.clone(),
             fps: 30.0,
@@ -426,7 +426,7 @@ fn run_rings(o: &DemoOpts, stop: &AtomicBool) -> Result<Figures, String> {
         .map_err(spawn_err)?;
     recorder.recv().map_err(|e| e.to_string())?;
     preview.recv().map_err(|e| e.to_string())?;
-    let mut camera = ProcessBuilder::new("shmflow-cam")
+    let mut camera = ForkBuilder::new("shmflow-cam")
         .spawn(Camera {
             ring: frames_name.clone(),
             shape: o.shape,
@@ -563,7 +563,7 @@ fn run_pipes(o: &DemoOpts, frames: u64) -> Result<f64, String> {
         to_workers.push(wr);
         from_workers.push(back_r);
         children.push(
-            ProcessBuilder::new(format!("pipe-w{i}"))
+            ForkBuilder::new(format!("pipe-w{i}"))
                 .spawn(PipeWorker {
                     input: Some(r),
                     back: Some(back_w),
@@ -575,7 +575,7 @@ fn run_pipes(o: &DemoOpts, frames: u64) -> Result<f64, String> {
                 .map_err(|e| e.to_string())?,
         );
     }
-    let mut rec = ProcessBuilder::new("pipe-rec")
+    let mut rec = ForkBuilder::new("pipe-rec")
         .spawn(PipeRecorder {
             input: Some(rec_r),
             frames,

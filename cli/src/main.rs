@@ -151,17 +151,12 @@ fn usage_error(e: clap::Error) -> i32 {
 /// A panic (a bug) is reported on one line, without a backtrace.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = info.payload().downcast_ref::<String>() {
-            s.clone()
+        let (msg, location) = shmflow::process::panic_text(info);
+        let at = if location.is_empty() {
+            String::new()
         } else {
-            "panic".to_owned()
+            format!(" at {location}")
         };
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
         eprintln!(
             "shmflow: internal error: {}{at} (please report this bug)",
             common::one_line(&msg)

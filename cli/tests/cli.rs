@@ -876,7 +876,11 @@ fn bench_quick_runs_end_to_end_and_reports_every_figure() {
         assert!(has("rtt_64b", t, "us"), "missing rtt_64b {t}");
     }
     assert!(has("pool_trivial_1m", "pool_2w", "s"));
+    assert!(has("process_rtt", "process", "us"));
+    assert!(has("process_rtt", "process_nospin", "us"));
     assert!(has("pool_apply_rtt", "pool_2w", "us"));
+    assert!(has("pool_apply_rtt", "pool_2w_nospin", "us"));
+    assert!(has("pool_idle_cpu", "pool_2w", "%"));
     assert!(has("pool_frames_1080p", "pool_1w", "frames/s"));
     assert!(has("pool_frames_1080p", "pool_2w", "frames/s"));
     let left: Vec<String> = leftovers(&format!("-{pid}-"))

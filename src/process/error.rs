@@ -34,8 +34,8 @@ pub enum ChannelError {
 pub enum SpawnError {
     /// `fork` was refused because the process already runs other threads: a forked child would
     /// inherit locks held by threads that do not exist in it, and can hang. Fork before starting
-    /// threads, use `StartMethod::Reexec`, or accept the risk with `allow_threads(true)`.
-    #[error("refusing to fork: this process has {threads} threads (fork first, then threads; or use StartMethod::Reexec, or allow_threads(true) to accept the risk)")]
+    /// threads, use `ReexecBuilder`, or accept the risk with `allow_threads` (a `ThreadedFork` permit).
+    #[error("refusing to fork: this process has {threads} threads (fork first, then threads; or start it with ReexecBuilder, or accept the risk with allow_threads and a ThreadedFork permit)")]
     Threads {
         /// The number of threads found in `/proc/self/task`.
         threads: usize,

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-use super::control::{encode, RawChannel};
+use super::control::RawChannel;
+use super::wire::{encode, up, LogRecord};
 
 struct Forwarder {
     tx: Arc<Mutex<RawChannel>>,
@@ -17,13 +18,13 @@ impl Log for Forwarder {
     }
 
     fn log(&self, record: &Record<'_>) {
-        let rec = super::spawn::LogRecord {
+        let rec = LogRecord {
             level: record.level() as u8,
             target: record.target().to_owned(),
             message: record.args().to_string(),
         };
         if let Ok(mut t) = self.tx.lock() {
-            let _ = t.send_frame(1, &encode(&rec));
+            let _ = t.send_frame(up::LOG, &encode(&rec));
         }
     }
 

@@ -3,8 +3,8 @@
 //! This layer is built only on rings, control channels and the syscall wrappers in `sys`; it
 //! contains no unsafe code.
 //!
-//! - [`ProcessBuilder`] starts a [`Backend`] in a child process (fork or re-exec) and returns
-//!   a [`Process`] handle: typed request/reply, `stop`, `join`, `kill`, and an [`ExitReason`]
+//! - [`ForkBuilder`] and [`ReexecBuilder`] start a [`Backend`] in a child process (by fork,
+//!   or by re-executing the program) and return a [`Process`] handle: typed request/reply, `stop`, `join`, `kill`, and an [`ExitReason`]
 //!   that says exactly how the child ended.
 //! - [`channel`] makes a typed [`Sender`]/[`Receiver`] pair to use across a fork.
 //! - [`wait_any`] polls processes, channels and ring readers together.
@@ -20,6 +20,7 @@ mod logfwd;
 mod pool;
 pub(crate) use pool::POOL_STATUS_TAG;
 mod spawn;
+mod wire;
 
 pub use crate::sys::process::ThreadedFork;
 pub use control::{channel, wait_any, Receiver, Sender};
@@ -29,8 +30,9 @@ pub use pool::{
     WorkerInsight, WorkerPool,
 };
 pub use spawn::{
-    init, thread_count, Backend, BoxError, Context, Init, Process, ProcessBuilder, StartMethod,
+    init, thread_count, Backend, BoxError, Context, ForkBuilder, Init, Process, ReexecBuilder,
 };
+pub use wire::panic_text;
 
 /// CPU time (user + system) used so far by process `pid` (from `/proc/<pid>/stat`).
 ///

@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::spawn::{Backend, BoxError, Context, Process, ProcessBuilder, StartMethod};
+use super::spawn::{Backend, BoxError, Context, ForkBuilder, Process, ReexecBuilder};
 use crate::process::error::{ExitReason, PoolError, ProcessError, TaskError, TaskErrorKind};
+use crate::ring::WaitStrategy;
 use crate::shm::Counters;
 use crate::sys;
 use crate::sys::process::ThreadedFork;
@@ -54,8 +55,8 @@ pub struct WorkerInfo {
 }
 
 /// What a worker runs. Closures passed to [`PoolBuilder`] are wrapped into one; implement it
-/// yourself (on a `Serialize + Deserialize` type) to run a pool with
-/// [`StartMethod::Reexec`].
+/// yourself (on a `Serialize + Deserialize` type) to run a pool of re-executed workers
+/// ([`PoolBuilder::build_reexec`]).
 pub trait Task: 'static {
     /// One task's input.
     type Input: Serialize + DeserializeOwned + 'static;
@@ -234,17 +235,7 @@ fn capture_panics() {
         if !IN_TASK.with(|t| t.get()) {
             return outer(info);
         }
-        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = info.payload().downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "Box<dyn Any>".to_owned()
-        };
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
-            .unwrap_or_default();
+        let (message, location) = super::wire::panic_text(info);
         LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
     }));
 }
@@ -339,6 +330,37 @@ where
 
 type Proc<T> =
     Process<PoolCmd<<T as Task>::Input>, WorkerMsg<<T as Task>::Output, <T as Task>::ExitValue>>;
+/// How one worker is to be started (what the pool's settings say for worker `id`).
+struct WorkerStart {
+    name: String,
+    cpus: Option<Vec<usize>>,
+    allow_threads: Option<ThreadedFork>,
+    wait: WaitStrategy,
+}
+
+impl WorkerStart {
+    fn fork(self) -> ForkBuilder {
+        let mut b = ForkBuilder::new(self.name).wait_strategy(self.wait);
+        if let Some(permit) = self.allow_threads {
+            b = b.allow_threads(permit);
+        }
+        if let Some(c) = self.cpus {
+            b = b.cpus(c);
+        }
+        b
+    }
+
+    /// A re-executed worker is a fresh single-threaded program: `allow_threads` has nothing
+    /// to permit there.
+    fn reexec(self) -> ReexecBuilder {
+        let mut b = ReexecBuilder::new(self.name).wait_strategy(self.wait);
+        if let Some(c) = self.cpus {
+            b = b.cpus(c);
+        }
+        b
+    }
+}
+
 type Spawner<T> = Box<dyn FnMut(WorkerInfo) -> Result<Proc<T>, crate::process::error::SpawnError>>;
 
 struct Chunk<I> {
@@ -455,6 +477,8 @@ struct Inner<T: Task> {
     progress: bool,
     max_in_flight: Option<u64>,
     error: Option<PoolError>,
+    /// How `pump` waits for results (spin over the workers' sockets, then `poll`).
+    wait: WaitStrategy,
 }
 
 const PREFETCH: usize = 2;
@@ -775,6 +799,12 @@ impl<T: Task> Inner<T> {
         if let Some(t) = self.timeout {
             wait = wait.min(t / 4).max(Duration::from_millis(1));
         }
+        // Spin first, as ring endpoints do: a reply that comes within the spin time is picked
+        // up without a kernel wake-up (the worker, spinning too, got its chunk the same way).
+        if !wait.is_zero() && (self.spin(&alive, wait)? || self.wait == WaitStrategy::BusyPoll) {
+            self.check_timeouts();
+            return Ok(());
+        }
         let ready = {
             let fds: Vec<&dyn AsFd> = alive
                 .iter()
@@ -783,20 +813,53 @@ impl<T: Task> Inner<T> {
             super::control::wait_any(&fds, Some(wait)).map_err(PoolError::Io)?
         };
         for k in ready {
-            let w = alive[k];
-            while let Some(p) = self.slots[w].proc.as_mut() {
-                match p.try_recv() {
-                    Ok(Some(msg)) => self.on_message(w, msg),
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.worker_died(w, e)?;
-                        break;
-                    }
-                }
-            }
+            self.drain(alive[k])?;
         }
         self.check_timeouts();
         Ok(())
+    }
+
+    /// Handles every whole message worker `w` has sent; true if there was one.
+    fn drain(&mut self, w: usize) -> Result<bool, PoolError> {
+        let mut got = false;
+        while let Some(p) = self.slots[w].proc.as_mut() {
+            match p.try_recv() {
+                Ok(Some(msg)) => {
+                    got = true;
+                    self.on_message(w, msg);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.worker_died(w, e)?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Retries the workers' sockets without sleeping for the wait strategy's spin time (at
+    /// most `limit`); true as soon as something arrived.
+    fn spin(&mut self, alive: &[usize], limit: Duration) -> Result<bool, PoolError> {
+        let spin = match self.wait {
+            WaitStrategy::BusyPoll => limit,
+            WaitStrategy::SpinThenBlock { spin } => spin.min(limit),
+        };
+        let start = Instant::now();
+        let mut tries = 0;
+        loop {
+            let mut got = false;
+            for &w in alive {
+                got |= self.drain(w)?;
+            }
+            if got {
+                return Ok(true);
+            }
+            if start.elapsed() >= spin {
+                return Ok(false);
+            }
+            super::control::spin_pause(&mut tries);
+        }
     }
 
     fn check_timeouts(&mut self) {
@@ -983,7 +1046,7 @@ impl<T: Task> std::fmt::Debug for WorkerPool<T> {
 #[must_use = "a PoolBuilder does nothing until .build()"]
 pub struct PoolBuilder<S, E> {
     workers: usize,
-    method: StartMethod,
+    wait: WaitStrategy,
     cpus: Option<Vec<Vec<usize>>>,
     keep_alive: bool,
     lifespan: Option<u64>,
@@ -1001,7 +1064,7 @@ impl<S, E> std::fmt::Debug for PoolBuilder<S, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolBuilder")
             .field("workers", &self.workers)
-            .field("method", &self.method)
+            .field("wait", &self.wait)
             .finish_non_exhaustive()
     }
 }
@@ -1026,7 +1089,7 @@ impl WorkerPool<NoTask> {
     pub fn builder() -> PoolBuilder<(), ()> {
         PoolBuilder {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            method: StartMethod::Fork,
+            wait: WaitStrategy::default(),
             cpus: None,
             keep_alive: true,
             lifespan: None,
@@ -1113,6 +1176,15 @@ where
         self
     }
 
+    /// How workers wait for their next chunk and the pool waits for results: spin, then sleep
+    /// (the default, 50 µs of spinning, as ring endpoints do; an idle worker then sleeps in the
+    /// kernel and costs no CPU), or never sleep ([`WaitStrategy::BusyPoll`]: lowest latency,
+    /// one busy core per worker and for the caller while it waits).
+    pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
+        self.wait = strategy;
+        self
+    }
+
     /// Runs in each worker before its first task; the value is the worker's state, passed as
     /// `&mut S` to every task ("connect after fork"). Call before `worker_exit`.
     pub fn worker_init<S2, F>(self, f: F) -> PoolBuilder<S2, E>
@@ -1121,7 +1193,7 @@ where
     {
         PoolBuilder {
             workers: self.workers,
-            method: self.method,
+            wait: self.wait,
             cpus: self.cpus,
             keep_alive: self.keep_alive,
             lifespan: self.lifespan,
@@ -1145,7 +1217,7 @@ where
     {
         PoolBuilder {
             workers: self.workers,
-            method: self.method,
+            wait: self.wait,
             cpus: self.cpus,
             keep_alive: self.keep_alive,
             lifespan: self.lifespan,
@@ -1179,40 +1251,41 @@ where
             call: f,
             _t: PhantomData,
         };
-        self.build_task(task, false, |b, w| b.spawn(w))
+        self.build_task(task, false, |s, w| s.fork().spawn(w))
     }
 
     fn build_task<T: Task>(
         self,
         task: T,
         reexec: bool,
-        spawn: fn(ProcessBuilder, Worker<T>) -> Result<Proc<T>, crate::process::error::SpawnError>,
+        spawn: fn(WorkerStart, Worker<T>) -> Result<Proc<T>, crate::process::error::SpawnError>,
     ) -> Result<WorkerPool<T>, PoolError> {
         let counters = Arc::new(
             Counters::create(POOL_STATUS_TAG, self.workers * STATUS_WORDS)
                 .map_err(|e| PoolError::Io(std::io::Error::other(e.to_string())))?,
         );
         let task = Arc::new(task);
-        let (name, cpus, allow, lifespan, timed) = (
+        let (name, cpus, allow, lifespan, timed, wait) = (
             self.name.clone(),
             self.cpus.clone(),
             self.allow_threads,
             self.lifespan,
             self.timeout.is_some(),
+            self.wait,
         );
         let workers = self.workers;
         let status = counters.name().to_owned();
         let inherited = counters.clone();
         let spawner: Spawner<T> = Box::new(move |info: WorkerInfo| {
-            let mut b = ProcessBuilder::new(format!("{name}{}", info.id));
-            if let Some(permit) = allow {
-                b = b.allow_threads(permit);
-            }
-            if let Some(c) = &cpus {
-                if !c.is_empty() {
-                    b = b.cpus(&c[info.id % c.len()]);
-                }
-            }
+            let start = WorkerStart {
+                name: format!("{name}{}", info.id),
+                cpus: cpus
+                    .as_ref()
+                    .filter(|c| !c.is_empty())
+                    .map(|c| c[info.id % c.len()].clone()),
+                allow_threads: allow,
+                wait,
+            };
             let worker = Worker {
                 task: task.clone(),
                 info,
@@ -1226,7 +1299,7 @@ where
                     Some(inherited.clone())
                 },
             };
-            spawn(b, worker)
+            spawn(start, worker)
         });
         let slots = (0..self.workers)
             .map(|_| Slot {
@@ -1254,6 +1327,7 @@ where
                 progress: self.progress,
                 max_in_flight: self.max_in_flight,
                 error: None,
+                wait: self.wait,
             })),
             keep_alive: self.keep_alive,
         })
@@ -1274,10 +1348,11 @@ where
 
     /// Builds a forking pool around any task.
     pub(crate) fn build_with<T: Task>(self, task: T) -> Result<WorkerPool<T>, PoolError> {
-        self.build_task(task, false, |b, w| b.spawn(w))
+        self.build_task(task, false, |s, w| s.fork().spawn(w))
     }
 
-    /// Builds a pool whose workers are started with [`StartMethod::Reexec`] and run `task`
+    /// Builds a pool whose workers are started by re-executing the program
+    /// ([`ReexecBuilder`]) and run `task`
     /// (sent to each worker once, serialised: this is how shared read-only data reaches
     /// re-executed workers). `main` must call
     /// `shmflow::process::init().register_pool::<T>().run()` first thing.
@@ -1289,9 +1364,7 @@ where
     where
         T: Task + Serialize + DeserializeOwned,
     {
-        self.build_task(task, true, |b, w| {
-            b.start_method(StartMethod::Reexec).spawn_reexec(w)
-        })
+        self.build_task(task, true, |s, w| s.reexec().spawn(w))
     }
 }
 

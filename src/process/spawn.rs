@@ -3,12 +3,15 @@
 //!
 //! # Start methods
 //!
-//! - [`StartMethod::Fork`]: `fork(2)`. The child starts with a copy of the parent's memory, so
+//! Each start method has its own builder, so a setting that only one of them honours cannot
+//! be given to the other:
+//!
+//! - [`ForkBuilder`]: `fork(2)`. The child starts with a copy of the parent's memory, so
 //!   the backend can hold anything (closures, big read-only data shared copy-on-write). Refused
 //!   with [`SpawnError::Threads`] when the parent already runs other threads, because the child
 //!   would inherit locks held by threads that do not exist in it (the classic Python
 //!   "fork after threads" hang). *Fork first, then threads.*
-//! - [`StartMethod::Reexec`]: the current executable is started again with a marker in its
+//! - [`ReexecBuilder`]: the current executable is started again with a marker in its
 //!   environment; [`init`] at the top of `main` sees it, receives the backend (serialised with
 //!   postcard) over the control socket and runs it. Safe from any multi-threaded program
 //!   (tokio, GUI toolkits); the backend type must be `Serialize + DeserializeOwned` and
@@ -27,41 +30,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::control::{decode, encode, RawChannel};
+use super::control::RawChannel;
+use super::wire::{decode, down, encode, up, LogRecord, PanicReport};
 use crate::process::error::{ChannelError, ExitReason, ProcessError, SpawnError};
+use crate::ring::WaitStrategy;
 use crate::sys;
 use crate::sys::process::{self as sysp, Fork, ThreadedFork, WaitStatus};
-
-/// Frame kinds, parent → child.
-mod down {
-    pub const REQUEST: u8 = 0;
-    pub const STOP: u8 = 1;
-    pub const BOOT: u8 = 2;
-}
-
-/// Frame kinds, child → parent.
-mod up {
-    pub const REPLY: u8 = 0;
-    pub const LOG: u8 = 1;
-    pub const PANIC: u8 = 2;
-    pub const FAILED: u8 = 3;
-}
-
-/// A `log` record on its way from a child to its parent.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct LogRecord {
-    pub level: u8,
-    pub target: String,
-    pub message: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct PanicReport {
-    message: String,
-    location: String,
-}
 
 /// The error type a backend's `run` may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -71,7 +47,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// # Examples
 ///
 /// ```
-/// use shmflow::process::{Backend, Context, ProcessBuilder};
+/// use shmflow::process::{Backend, Context, ForkBuilder};
 ///
 /// struct Doubler;
 /// impl Backend for Doubler {
@@ -86,7 +62,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// }
 ///
 /// # if shmflow::process::thread_count() == 1 {
-/// let mut p = ProcessBuilder::new("doubler").spawn(Doubler)?;
+/// let mut p = ForkBuilder::new("doubler").spawn(Doubler)?;
 /// assert_eq!(p.request(&21)?, 42);
 /// p.stop(std::time::Duration::from_secs(5))?;
 /// # }
@@ -166,8 +142,41 @@ impl<Req: DeserializeOwned, Rep: Serialize> Context<Req, Rep> {
         if self.stopped {
             return Ok(None);
         }
-        self.rx.wait_readable(Some(Instant::now() + timeout))?;
-        self.recv()
+        match self.rx.recv_frame_until(Some(Instant::now() + timeout)) {
+            Ok((k, b)) => self.handle(k, b),
+            Err(ChannelError::Disconnected) => {
+                self.stopped = true;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Returns the next request if a whole one has arrived; never blocks. `Ok(None)` means
+    /// stop.
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::Empty`] if nothing has arrived, and those of [`Context::recv`].
+    pub fn try_recv(&mut self) -> Result<Option<Req>, ChannelError> {
+        if self.stopped {
+            return Ok(None);
+        }
+        match self.rx.try_recv_frame() {
+            Ok(Some((k, b))) => self.handle(k, b),
+            Ok(None) => Err(ChannelError::Empty),
+            Err(ChannelError::Disconnected) => {
+                self.stopped = true;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How [`recv`](Context::recv) waits (set by the parent's builder; the default spins
+    /// 50 µs, then sleeps).
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.rx.set_strategy(strategy);
     }
 
     /// Sends a reply (any number of replies per request is fine; the parent reads them in
@@ -192,82 +201,21 @@ impl<Req, Rep> AsFd for Context<Req, Rep> {
     }
 }
 
-/// How to start a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartMethod {
-    /// `fork(2)` (the default). Refused when the process has other threads unless
-    /// [`ProcessBuilder::allow_threads`] is set.
-    #[default]
-    Fork,
-    /// Start the current executable again; [`init`] in its `main` runs the backend.
-    Reexec,
-}
-
-/// Settings for a new process.
+/// Settings both start methods honour.
 #[derive(Debug, Clone)]
-#[must_use = "a ProcessBuilder does nothing until spawned"]
-pub struct ProcessBuilder {
+struct Common {
     name: String,
-    method: StartMethod,
     cpus: Option<Vec<usize>>,
-    allow_threads: Option<ThreadedFork>,
-    args: Vec<String>,
+    spin_ns: u64,
 }
 
-/// Number of threads of the calling process (from `/proc/self/task`; 1 if unreadable).
-pub fn thread_count() -> usize {
-    sys::thread_count().unwrap_or(1)
-}
-
-impl ProcessBuilder {
-    /// A process named `name` (shown by `ps`/`top`; at most 15 bytes are kept).
-    pub fn new(name: impl Into<String>) -> Self {
-        ProcessBuilder {
-            name: name.into(),
-            method: StartMethod::Fork,
+impl Common {
+    fn new(name: String) -> Common {
+        Common {
+            name,
             cpus: None,
-            allow_threads: None,
-            args: Vec::new(),
+            spin_ns: super::control::spin_ns(WaitStrategy::default()),
         }
-    }
-
-    /// Command-line arguments for a re-executed child (default none). Test binaries use this
-    /// to run only the test that calls [`init`].
-    pub fn reexec_args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.args = args.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// The start method (default [`StartMethod::Fork`]).
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.method = method;
-        self
-    }
-
-    /// Pins the process to these CPUs (`sched_setaffinity`).
-    pub fn cpus(mut self, cpus: impl AsRef<[usize]>) -> Self {
-        self.cpus = Some(cpus.as_ref().to_vec());
-        self
-    }
-
-    /// Forks even when the process has other threads, with the permission only an `unsafe`
-    /// call makes ([`ThreadedFork::assume_no_locks_held`], whose contract says when that is
-    /// sound). Without it, [`spawn`](ProcessBuilder::spawn) refuses with
-    /// [`SpawnError::Threads`].
-    ///
-    /// ```no_run
-    /// # use shmflow::process::{ProcessBuilder, ThreadedFork};
-    /// // SAFETY: our other threads are parked on a channel and hold no lock.
-    /// let permit = unsafe { ThreadedFork::assume_no_locks_held() };
-    /// let builder = ProcessBuilder::new("worker").allow_threads(permit);
-    /// ```
-    pub fn allow_threads(mut self, permit: ThreadedFork) -> Self {
-        self.allow_threads = Some(permit);
-        self
     }
 
     fn check_cpus(&self) -> Result<(), SpawnError> {
@@ -282,21 +230,96 @@ impl ProcessBuilder {
         }
         Ok(())
     }
+}
 
-    /// Starts `backend` in a new process with the configured start method. With
-    /// [`StartMethod::Reexec`] use [`ProcessBuilder::spawn_reexec`] instead (the backend must
-    /// be serialisable); this method then forks.
+/// Starts a process with `fork(2)`: the child runs a copy of the parent's memory, so the
+/// backend can hold anything (closures, big read-only data shared copy-on-write). Refused
+/// when the parent already runs other threads, unless [`ForkBuilder::allow_threads`]; use
+/// [`ReexecBuilder`] from a multi-threaded program.
+#[derive(Debug, Clone)]
+#[must_use = "a ForkBuilder does nothing until spawned"]
+pub struct ForkBuilder {
+    common: Common,
+    allow_threads: Option<ThreadedFork>,
+}
+
+/// Starts a process by re-executing the current program, which must call
+/// `shmflow::process::init().register::<B>().run()` first thing in `main`; the backend
+/// travels serialised over the control socket. Works from any multi-threaded parent.
+#[derive(Debug, Clone)]
+#[must_use = "a ReexecBuilder does nothing until spawned"]
+pub struct ReexecBuilder {
+    common: Common,
+    args: Vec<String>,
+}
+
+/// Number of threads of the calling process (from `/proc/self/task`; 1 if unreadable).
+pub fn thread_count() -> usize {
+    sys::thread_count().unwrap_or(1)
+}
+
+macro_rules! common_settings {
+    ($builder:ident) => {
+        impl $builder {
+            /// Pins the process to these CPUs (`sched_setaffinity`), checked at spawn.
+            pub fn cpus(mut self, cpus: impl AsRef<[usize]>) -> Self {
+                self.common.cpus = Some(cpus.as_ref().to_vec());
+                self
+            }
+
+            /// How both ends of the control channel wait for a message: spin, then sleep
+            /// (the default, 50 µs of spinning, as ring endpoints do), or never sleep
+            /// ([`WaitStrategy::BusyPoll`]). The child's [`Context::recv`] and the parent's
+            /// [`Process::recv`] both use it.
+            pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
+                self.common.spin_ns = super::control::spin_ns(strategy);
+                self
+            }
+        }
+    };
+}
+common_settings!(ForkBuilder);
+common_settings!(ReexecBuilder);
+
+impl ForkBuilder {
+    /// A process named `name` (shown by `ps`/`top`; at most 15 bytes are kept).
+    pub fn new(name: impl Into<String>) -> Self {
+        ForkBuilder {
+            common: Common::new(name.into()),
+            allow_threads: None,
+        }
+    }
+
+    /// Forks even when the process has other threads, with the permission only an `unsafe`
+    /// call makes ([`ThreadedFork::assume_no_locks_held`], whose contract says when that is
+    /// sound). Without it, [`spawn`](ForkBuilder::spawn) refuses with
+    /// [`SpawnError::Threads`].
+    ///
+    /// ```no_run
+    /// # use shmflow::process::{ForkBuilder, ThreadedFork};
+    /// // SAFETY: our other threads are parked on a channel and hold no lock.
+    /// let permit = unsafe { ThreadedFork::assume_no_locks_held() };
+    /// let builder = ForkBuilder::new("worker").allow_threads(permit);
+    /// ```
+    pub fn allow_threads(mut self, permit: ThreadedFork) -> Self {
+        self.allow_threads = Some(permit);
+        self
+    }
+
+    /// Forks and runs `backend` in the child.
     ///
     /// # Errors
     ///
-    /// [`SpawnError::Threads`] (fork with other threads running), [`SpawnError::BadCpus`],
+    /// [`SpawnError::Threads`] (other threads running), [`SpawnError::BadCpus`],
     /// [`SpawnError::Io`].
     pub fn spawn<B: Backend>(
         self,
         backend: B,
     ) -> Result<Process<B::Request, B::Reply>, SpawnError> {
-        self.check_cpus()?;
-        let (parent_end, child_end) = RawChannel::pair().map_err(SpawnError::Io)?;
+        let c = self.common;
+        c.check_cpus()?;
+        let (mut parent_end, child_end) = RawChannel::pair().map_err(SpawnError::Io)?;
+        parent_end.set_strategy(super::control::strategy_of(c.spin_ns));
         let parent_pid = sys::getpid();
         // `fork_checked` counts the threads (unless permitted) right before it forks.
         let Some(forked) = sysp::fork_checked(self.allow_threads).map_err(SpawnError::Io)? else {
@@ -310,40 +333,63 @@ impl ProcessBuilder {
                 child_main(
                     backend,
                     child_end,
-                    &self.name,
-                    self.cpus.as_deref(),
+                    &c.name,
+                    c.cpus.as_deref(),
+                    c.spin_ns,
                     parent_pid,
                 )
             }
             Fork::Parent(pid) => {
                 drop(child_end);
-                Ok(Process::new(self.name, pid, parent_end))
+                Ok(Process::new(c.name, pid, parent_end))
             }
         }
     }
+}
 
-    /// Starts `backend` by re-executing the current program (see [`StartMethod::Reexec`]).
-    /// Works from any multi-threaded parent. The program's `main` must call
-    /// `shmflow::process::init().register::<B>().run()` first thing.
+impl ReexecBuilder {
+    /// A process named `name` (shown by `ps`/`top`; at most 15 bytes are kept).
+    pub fn new(name: impl Into<String>) -> Self {
+        ReexecBuilder {
+            common: Common::new(name.into()),
+            args: Vec::new(),
+        }
+    }
+
+    /// Command-line arguments for the re-executed program (default none). Test binaries use
+    /// this to run only the test that calls [`init`].
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Starts the current executable again and hands it `backend`.
     ///
     /// # Errors
     ///
     /// [`SpawnError::BadCpus`], [`SpawnError::Io`] (exec failed), [`SpawnError::Child`] (the
     /// child could not start the backend, e.g. it was not registered).
-    pub fn spawn_reexec<B>(self, backend: B) -> Result<Process<B::Request, B::Reply>, SpawnError>
+    pub fn spawn<B>(self, backend: B) -> Result<Process<B::Request, B::Reply>, SpawnError>
     where
         B: Backend + Serialize + DeserializeOwned,
     {
-        self.check_cpus()?;
+        let c = self.common;
+        c.check_cpus()?;
         let (mut parent_end, child_end) = RawChannel::pair().map_err(SpawnError::Io)?;
+        parent_end.set_strategy(super::control::strategy_of(c.spin_ns));
         let exe = std::env::current_exe().map_err(SpawnError::Io)?;
         let mut cmd = std::process::Command::new(exe);
         cmd.args(&self.args)
             .env(ENV_ENTRY, entry_name::<B>())
-            .env(ENV_NAME, &self.name)
+            .env(ENV_NAME, &c.name)
             .env(ENV_LOG, (log::max_level() as usize).to_string())
+            .env(ENV_SPIN, c.spin_ns.to_string())
             .stdin(std::process::Stdio::null());
-        if let Some(cpus) = &self.cpus {
+        if let Some(cpus) = &c.cpus {
             let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
             cmd.env(ENV_CPUS, list.join(","));
         }
@@ -356,13 +402,14 @@ impl ProcessBuilder {
         parent_end
             .send_frame(down::BOOT, &encode(&backend))
             .map_err(|e| SpawnError::Child(format!("could not send the backend: {e}")))?;
-        Ok(Process::new(self.name, pid, parent_end))
+        Ok(Process::new(c.name, pid, parent_end))
     }
 }
 
 const ENV_ENTRY: &str = "SHMFLOW_CHILD_ENTRY";
 const ENV_NAME: &str = "SHMFLOW_CHILD_NAME";
 const ENV_CPUS: &str = "SHMFLOW_CHILD_CPUS";
+const ENV_SPIN: &str = "SHMFLOW_CHILD_SPIN_NS";
 pub(crate) const ENV_LOG: &str = "SHMFLOW_CHILD_LOG";
 
 fn entry_name<B: 'static>() -> &'static str {
@@ -375,6 +422,7 @@ fn child_main<B: Backend>(
     channel: RawChannel,
     name: &str,
     cpus: Option<&[usize]>,
+    spin_ns: u64,
     parent_pid: u32,
 ) -> ! {
     match sysp::set_parent_death_signal(libc_sigkill(), parent_pid) {
@@ -392,6 +440,8 @@ fn child_main<B: Backend>(
     };
     super::logfwd::install(tx.clone(), name);
     install_panic_hook(tx.clone());
+    let mut channel = channel;
+    channel.set_strategy(super::control::strategy_of(spin_ns));
     let mut ctx: Context<B::Request, B::Reply> = Context {
         rx: channel,
         tx: tx.clone(),
@@ -426,17 +476,7 @@ fn libc_sigkill() -> i32 {
 
 fn install_panic_hook(tx: Arc<Mutex<RawChannel>>) {
     std::panic::set_hook(Box::new(move |info| {
-        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
-            (*s).to_owned()
-        } else if let Some(s) = info.payload().downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "Box<dyn Any>".to_owned()
-        };
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
-            .unwrap_or_default();
+        let (message, location) = super::wire::panic_text(info);
         eprintln!("process panicked at {location}: {message}");
         let report = PanicReport { message, location };
         if let Ok(mut t) = tx.try_lock() {
@@ -445,7 +485,7 @@ fn install_panic_hook(tx: Arc<Mutex<RawChannel>>) {
     }));
 }
 
-type EntryFn = fn(RawChannel, String, Option<Vec<usize>>, u32) -> !;
+type EntryFn = fn(RawChannel, String, Option<Vec<usize>>, u64, u32) -> !;
 
 /// Registry of backends a re-executed child may run. Made by [`init`].
 #[derive(Debug, Default)]
@@ -454,7 +494,7 @@ pub struct Init {
     entries: Vec<(&'static str, EntryFn)>,
 }
 
-/// Call first thing in `main`: in a process started with [`StartMethod::Reexec`] this runs the
+/// Call first thing in `main`: in a process started by a [`ReexecBuilder`] this runs the
 /// requested backend and exits; in any other process `run()` returns at once.
 ///
 /// ```no_run
@@ -475,6 +515,7 @@ fn entry<B: Backend + DeserializeOwned>(
     mut channel: RawChannel,
     name: String,
     cpus: Option<Vec<usize>>,
+    spin_ns: u64,
     parent: u32,
 ) -> ! {
     let backend: B = match channel.recv_frame() {
@@ -485,7 +526,7 @@ fn entry<B: Backend + DeserializeOwned>(
         Ok(_) => fail_boot(&mut channel, "expected the backend as the first message"),
         Err(_) => sysp::exit_now(1),
     };
-    child_main(backend, channel, &name, cpus.as_deref(), parent)
+    child_main(backend, channel, &name, cpus.as_deref(), spin_ns, parent)
 }
 
 fn fail_boot(channel: &mut RawChannel, message: &str) -> ! {
@@ -494,7 +535,7 @@ fn fail_boot(channel: &mut RawChannel, message: &str) -> ! {
 }
 
 impl Init {
-    /// Makes backend `B` startable with [`ProcessBuilder::spawn_reexec`].
+    /// Makes backend `B` startable with [`ReexecBuilder::spawn`].
     pub fn register<B: Backend + DeserializeOwned>(mut self) -> Self {
         self.entries.push((entry_name::<B>(), entry::<B>));
         self
@@ -512,7 +553,12 @@ impl Init {
         // Our own children must not mistake themselves for re-executed ones.
         std::env::remove_var(ENV_ENTRY);
         std::env::remove_var(ENV_NAME);
+        let spin_ns = std::env::var(ENV_SPIN)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| super::control::spin_ns(WaitStrategy::default()));
         std::env::remove_var(ENV_CPUS);
+        std::env::remove_var(ENV_SPIN);
         let parent = sysp::getppid();
         let Ok(fd) = sysp::take_child_control_fd() else {
             eprintln!("shmflow: {ENV_ENTRY} is set but no control socket was inherited");
@@ -520,7 +566,7 @@ impl Init {
         };
         let mut channel = RawChannel::from_fd(fd);
         match self.entries.iter().find(|(n, _)| *n == entry) {
-            Some((_, f)) => f(channel, name, cpus, parent),
+            Some((_, f)) => f(channel, name, cpus, spin_ns, parent),
             None => fail_boot(
                 &mut channel,
                 &format!("backend {entry} is not registered: add .register::<{entry}>() to shmflow::process::init() in main"),
@@ -544,12 +590,6 @@ pub struct Process<Req, Rep> {
     panic: Option<PanicReport>,
     failure: Option<String>,
     _t: std::marker::PhantomData<fn(Req) -> Rep>,
-}
-
-impl std::fmt::Debug for PanicReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} at {}", self.message, self.location)
-    }
 }
 
 impl<Req: Serialize, Rep: DeserializeOwned> Process<Req, Rep> {
@@ -609,35 +649,28 @@ impl<Req: Serialize, Rep: DeserializeOwned> Process<Req, Rep> {
         }
     }
 
+    fn channel_error(&self, source: ChannelError) -> ProcessError {
+        match source {
+            ChannelError::Timeout => ProcessError::Timeout {
+                name: self.name.clone(),
+            },
+            source => ProcessError::Channel {
+                name: self.name.clone(),
+                source,
+            },
+        }
+    }
+
     /// Reads frames until a reply arrives (forwarding log records, noting panic reports).
     fn next_reply(&mut self, deadline: Option<Instant>) -> Result<Rep, ProcessError> {
         loop {
-            if let Err(e) = self.channel.wait_readable(deadline) {
-                return Err(match e {
-                    ChannelError::Timeout => ProcessError::Timeout {
-                        name: self.name.clone(),
-                    },
-                    source => ProcessError::Channel {
-                        name: self.name.clone(),
-                        source,
-                    },
-                });
-            }
-            match self.channel.recv_frame() {
+            match self.channel.recv_frame_until(deadline) {
                 Ok((up::REPLY, bytes)) => {
-                    return decode(&bytes).map_err(|source| ProcessError::Channel {
-                        name: self.name.clone(),
-                        source,
-                    })
+                    return decode(&bytes).map_err(|source| self.channel_error(source))
                 }
                 Ok((kind, bytes)) => self.side_frame(kind, &bytes),
                 Err(ChannelError::Disconnected) => return Err(self.died()),
-                Err(source) => {
-                    return Err(ProcessError::Channel {
-                        name: self.name.clone(),
-                        source,
-                    })
-                }
+                Err(source) => return Err(self.channel_error(source)),
             }
         }
     }
@@ -663,35 +696,30 @@ impl<Req: Serialize, Rep: DeserializeOwned> Process<Req, Rep> {
     /// [`ProcessError::Died`] if the child has ended and sent nothing more.
     pub fn try_recv(&mut self) -> Result<Option<Rep>, ProcessError> {
         loop {
-            match self.channel.wait_readable(Some(Instant::now())) {
-                Err(ChannelError::Timeout) => return Ok(None),
-                Err(source) => {
-                    return Err(ProcessError::Channel {
-                        name: self.name.clone(),
-                        source,
-                    })
-                }
-                Ok(()) => {}
-            }
-            match self.channel.recv_frame() {
-                Ok((up::REPLY, bytes)) => {
+            match self.channel.try_recv_frame() {
+                Ok(None) => return Ok(None),
+                Ok(Some((up::REPLY, bytes))) => {
                     return decode(&bytes)
                         .map(Some)
-                        .map_err(|source| ProcessError::Channel {
-                            name: self.name.clone(),
-                            source,
-                        })
+                        .map_err(|source| self.channel_error(source))
                 }
-                Ok((kind, bytes)) => self.side_frame(kind, &bytes),
+                Ok(Some((kind, bytes))) => self.side_frame(kind, &bytes),
                 Err(ChannelError::Disconnected) => return Err(self.died()),
-                Err(source) => {
-                    return Err(ProcessError::Channel {
-                        name: self.name.clone(),
-                        source,
-                    })
-                }
+                Err(source) => return Err(self.channel_error(source)),
             }
         }
+    }
+
+    /// How [`recv`](Process::recv), [`recv_timeout`](Process::recv_timeout) and
+    /// [`request`](Process::request) wait for a reply (the builder's
+    /// [`wait_strategy`](ForkBuilder::wait_strategy) by default).
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.channel.set_strategy(strategy);
+    }
+
+    /// The current wait strategy.
+    pub fn wait_strategy(&self) -> WaitStrategy {
+        self.channel.strategy()
     }
 
     /// Sends any value that serialises like a `Req` (a borrowed form of it, to avoid a copy).
@@ -747,11 +775,9 @@ impl<Req: Serialize, Rep: DeserializeOwned> Process<Req, Rep> {
     }
 
     fn drain_side_frames(&mut self) {
-        while let Ok(()) = self.channel.wait_readable(Some(Instant::now())) {
-            match self.channel.recv_frame() {
-                Ok((up::REPLY, _)) => {}
-                Ok((k, b)) => self.side_frame(k, &b),
-                Err(_) => break,
+        while let Ok(Some((k, b))) = self.channel.try_recv_frame() {
+            if k != up::REPLY {
+                self.side_frame(k, &b);
             }
         }
     }
@@ -803,9 +829,10 @@ impl<Req: Serialize, Rep: DeserializeOwned> Process<Req, Rep> {
             // Read what the child sent (so it can finish writing, and we see panic reports).
             if self.pidfd.is_some() {
                 self.drain_side_frames();
-            } else if let Ok(()) = self.channel.wait_readable(Some(Instant::now())) {
-                match self.channel.recv_frame() {
-                    Ok((k, b)) => self.side_frame(k, &b),
+            } else {
+                match self.channel.try_recv_frame() {
+                    Ok(Some((k, b))) => self.side_frame(k, &b),
+                    Ok(None) => {}
                     Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }

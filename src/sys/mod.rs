@@ -247,13 +247,16 @@ pub(crate) fn getpid() -> u32 {
     std::process::id()
 }
 
-/// What [`process_start_time`] and [`pid_alive`] read from `/proc/<pid>/stat`.
+/// What [`process_start_time`], [`pid_alive`] and [`process::cpu_time`] read from
+/// `/proc/<pid>/stat`: the one parser of that file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProcStat {
+pub(crate) struct ProcStat {
     /// Field 3, the one-letter state (`R`, `S`, `Z`, ...).
-    state: u8,
+    pub state: u8,
+    /// Fields 14 and 15, `utime` + `stime`: CPU time used, in clock ticks.
+    pub cpu_ticks: u64,
     /// Field 22, `starttime`: clock ticks since boot.
-    start_time: u64,
+    pub start_time: u64,
 }
 
 fn malformed_stat() -> io::Error {
@@ -266,22 +269,25 @@ fn malformed_stat() -> io::Error {
 /// parentheses, so the fixed fields are counted from after the *last* `)`.
 fn parse_proc_stat(text: &str) -> io::Result<ProcStat> {
     let close = text.rfind(')').ok_or_else(malformed_stat)?;
-    // Fields 3, 4, ... follow the `)`.
-    let mut fields = text[close + 1..].split_ascii_whitespace();
-    let state = fields.next().ok_or_else(malformed_stat)?;
-    let &[state] = state.as_bytes() else {
+    // Fields 3, 4, ... follow the `)`: field n is at index n - 3.
+    let fields: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
+    let &[state] = fields.first().ok_or_else(malformed_stat)?.as_bytes() else {
         return Err(malformed_stat());
     };
-    // Field 22 is the 20th after field 2; one (field 3) is consumed already.
-    let start_time = fields
-        .nth(22 - 4)
-        .ok_or_else(malformed_stat)?
-        .parse::<u64>()
-        .map_err(|_| malformed_stat())?;
-    Ok(ProcStat { state, start_time })
+    let field = |n: usize| -> io::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(malformed_stat)
+    };
+    Ok(ProcStat {
+        state,
+        cpu_ticks: field(14)?.saturating_add(field(15)?),
+        start_time: field(22)?,
+    })
 }
 
-fn read_proc_stat(pid: u32) -> io::Result<ProcStat> {
+pub(crate) fn read_proc_stat(pid: u32) -> io::Result<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_proc_stat(&text)
 }
@@ -439,6 +445,7 @@ mod tests {
         let stat = parse_proc_stat(&text).unwrap();
         assert_eq!(stat.state, b'S');
         assert_eq!(stat.start_time, 424242);
+        assert_eq!(stat.cpu_ticks, 14 + 15);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub(crate) unsafe fn fork() -> io::Result<Fork> {
 }
 
 /// Permission to fork although this process runs other threads: see
-/// [`ProcessBuilder::allow_threads`](crate::process::ProcessBuilder::allow_threads). Only
+/// [`ForkBuilder::allow_threads`](crate::process::ForkBuilder::allow_threads). Only
 /// [`ThreadedFork::assume_no_locks_held`], an `unsafe fn`, makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThreadedFork(());
@@ -56,7 +56,7 @@ impl ThreadedFork {
     /// data half-updated. The caller promises that whenever shmflow forks with this permission
     /// (spawn, and a pool starting or replacing a worker) no other thread can hold such a lock,
     /// e.g. because they are all parked on something the caller controls. The safe ways are to
-    /// fork before starting threads, or to re-execute (`StartMethod::Reexec`).
+    /// fork before starting threads, or to re-execute (`ReexecBuilder`).
     pub unsafe fn assume_no_locks_held() -> ThreadedFork {
         ThreadedFork(())
     }
@@ -275,6 +275,27 @@ pub(crate) fn signal_name(sig: i32) -> String {
     name.to_owned()
 }
 
+/// Reads what is there from socket `fd` without waiting (`recv` with `MSG_DONTWAIT`, so the
+/// socket itself stays blocking for other users of the fd). `Ok(None)`: nothing to read now;
+/// `Ok(Some(0))`: end of stream.
+pub(crate) fn recv_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: buf is a valid writable region of buf.len() bytes for the duration of the
+        // call; the fd is borrowed, hence open.
+        match syscall!(recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+            buf.len(),
+            libc::MSG_DONTWAIT
+        )) {
+            Ok(n) => return Ok(Some(n as usize)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Readiness of one fd after [`poll`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Ready {
@@ -362,19 +383,7 @@ pub(crate) fn take_child_control_fd() -> io::Result<OwnedFd> {
 
 /// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
 pub(crate) fn cpu_time(pid: u32) -> io::Result<std::time::Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))?;
-    // Fields after the comm: state is field 3, utime 14, stime 15 (1-based).
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let parse = |i: usize| -> io::Result<u64> {
-        f.get(i)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed stat"))
-    };
-    let ticks = parse(11)? + parse(12)?;
+    let ticks = super::read_proc_stat(pid)?.cpu_ticks;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use shmflow::process::{Backend, BoxError, Context, ProcessBuilder, WorkerPool};
+use shmflow::process::{Backend, BoxError, Context, ForkBuilder, WorkerPool};
 use shmflow::{Backpressure, Mode, Ring, WaitStrategy};
 
 /// What to measure.
@@ -79,13 +79,14 @@ impl BenchOpts {
 /// One measured figure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchResult {
-    /// `frames_1080p`, `frames_4k`, `rtt_64b`, `pool_trivial_1m`, `pool_apply_rtt`,
-    /// `pool_frames_1080p`.
+    /// `frames_1080p`, `frames_4k`, `rtt_64b`, `process_rtt`, `pool_trivial_1m`,
+    /// `pool_apply_rtt`, `pool_idle_cpu`, `pool_frames_1080p`.
     pub scenario: String,
     /// `ring`, `ring_2readers`, `ring_queue`, `ring_busy`, `pipe`, `pipe_1m`, `unix_socket`,
-    /// `limit_writer`, `limit_reader`, `pool_1w`, `pool_2w`.
+    /// `limit_writer`, `limit_reader`, `process`, `pool_1w`, `pool_2w`; `*_nospin` is the
+    /// same with the control channel sleeping at once (no spin), the in-run baseline.
     pub transport: String,
-    /// `frames/s`, `us` or `s`.
+    /// `frames/s`, `us`, `s` or `%` (of one core).
     pub unit: String,
     /// Median over the runs.
     pub median: f64,
@@ -294,7 +295,7 @@ fn spawn_peer(
     len: usize,
     stream: Option<std::fs::File>,
 ) -> Result<shmflow::process::Process<u64, PeerMsg>, BoxError> {
-    let mut b = ProcessBuilder::new("shmflow-bench");
+    let mut b = ForkBuilder::new("shmflow-bench");
     if let Some((_, c)) = o.cpus {
         b = b.cpus([c]);
     }
@@ -493,7 +494,7 @@ fn ring_rtt(o: &BenchOpts, busy: bool) -> Result<Vec<f64>, BoxError> {
     };
     let (ping_ring, pong_ring) = (mk(&ping)?, mk(&pong)?);
     let mut reader = pong_ring.reader()?;
-    let mut b = ProcessBuilder::new("shmflow-pong");
+    let mut b = ForkBuilder::new("shmflow-pong");
     if let Some((_, c)) = o.cpus {
         b = b.cpus([c]);
     }
@@ -557,7 +558,7 @@ fn pipe_rtt(o: &BenchOpts) -> Result<Vec<f64>, BoxError> {
     let (r1, w1) = std::io::pipe()?;
     let (r2, w2) = std::io::pipe()?;
     let file = |f: std::os::fd::OwnedFd| std::fs::File::from(f);
-    let mut b = ProcessBuilder::new("shmflow-pong");
+    let mut b = ForkBuilder::new("shmflow-pong");
     if let Some((_, c)) = o.cpus {
         b = b.cpus([c]);
     }
@@ -629,9 +630,17 @@ fn pool_trivial(o: &BenchOpts) -> Result<Vec<f64>, BoxError> {
     Ok(out)
 }
 
-fn pool_apply(o: &BenchOpts) -> Result<Vec<f64>, BoxError> {
+/// No spinning at all: every wait sleeps in the kernel at once (the in-run baseline of the
+/// control-channel figures).
+const NO_SPIN: WaitStrategy = WaitStrategy::SpinThenBlock {
+    spin: Duration::ZERO,
+};
+
+/// Medians of `o.runs` runs of one `apply_async` round trip with 2 workers, unpinned.
+fn pool_apply(o: &BenchOpts, wait: WaitStrategy) -> Result<Vec<f64>, BoxError> {
     let pool = WorkerPool::builder()
         .workers(2)
+        .wait_strategy(wait)
         .build(|_: &mut (), _, x: u64| x + 1)?;
     pool.start()?;
     let mut out = Vec::new();
@@ -650,6 +659,85 @@ fn pool_apply(o: &BenchOpts) -> Result<Vec<f64>, BoxError> {
     Ok(out)
 }
 
+/// CPU time in ns that the live threads of `pid` have run, from the scheduler's own
+/// nanosecond accounting (`/proc/<pid>/task/*/schedstat`, first field); `cpu_time`'s clock
+/// ticks (10 ms) are too coarse for an idle process.
+fn sched_ns(pid: u32) -> Result<u64, BoxError> {
+    let mut sum = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let text = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        let ns = text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok());
+        sum += ns.ok_or("malformed schedstat")?;
+    }
+    Ok(sum)
+}
+
+/// CPU use (percent of one core, both workers together) of an idle pool with the default
+/// wait strategy, over `o.runs` windows of 200 ms that start right after a round trip (so
+/// each includes a worker's spin before it sleeps).
+fn pool_idle_cpu(o: &BenchOpts) -> Result<Vec<f64>, BoxError> {
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .build(|_: &mut (), _, x: u64| x + 1)?;
+    pool.start()?;
+    let pids = pool.pids();
+    let cpu = |pids: &[u32]| -> Result<Duration, BoxError> {
+        let mut sum = 0;
+        for &p in pids {
+            sum += sched_ns(p)?;
+        }
+        Ok(Duration::from_nanos(sum))
+    };
+    let mut out = Vec::new();
+    for i in 0..o.runs as u64 {
+        pool.apply(i)?;
+        let (c0, t0) = (cpu(&pids)?, Instant::now());
+        std::thread::sleep(Duration::from_millis(200));
+        let (c1, t1) = (cpu(&pids)?, Instant::now());
+        out.push((c1 - c0).as_secs_f64() / (t1 - t0).as_secs_f64() * 100.0);
+    }
+    Ok(out)
+}
+
+/// Echoes requests: the backend of the `Process` round-trip figure.
+struct Echo;
+
+impl Backend for Echo {
+    type Request = u64;
+    type Reply = u64;
+    fn run(self, ctx: &mut Context<u64, u64>) -> Result<(), BoxError> {
+        while let Some(x) = ctx.recv()? {
+            ctx.reply(&x)?;
+        }
+        Ok(())
+    }
+}
+
+/// Medians of `o.runs` runs of one `Process::request` round trip (u64 out, u64 back).
+fn process_rtt(o: &BenchOpts, wait: WaitStrategy) -> Result<Vec<f64>, BoxError> {
+    let mut p = ForkBuilder::new("shmflow-echo")
+        .wait_strategy(wait)
+        .spawn(Echo)?;
+    let mut out = Vec::new();
+    for _ in 0..o.runs {
+        let mut samples = Vec::new();
+        for i in 0..(o.round_trips / 4).max(100) {
+            let t = Instant::now();
+            let r = p.request(&i)?;
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+            if r != i {
+                return Err("the echo process answered a wrong value".into());
+            }
+        }
+        out.push(stats("", "", "", samples).median);
+    }
+    p.stop(Duration::from_secs(5))?;
+    Ok(out)
+}
+
 fn pool_frames(o: &BenchOpts, workers: usize) -> Result<Vec<f64>, BoxError> {
     let name = unique("poolframes");
     let shape = [1080, 1920, 3];
@@ -663,7 +751,7 @@ fn pool_frames(o: &BenchOpts, workers: usize) -> Result<Vec<f64>, BoxError> {
         .workers(workers)
         .build_frames::<u8, u8, bool, _>(&name, None, |_, _, f, _| verify(f.seq(), f.as_bytes()))?;
     pool.start()?;
-    let mut camera = ProcessBuilder::new("shmflow-cam").spawn(Camera { ring: name.clone() })?;
+    let mut camera = ForkBuilder::new("shmflow-cam").spawn(Camera { ring: name.clone() })?;
     let mut out = Vec::new();
     let mut first = 0u64;
     let n = o.frames;
@@ -730,12 +818,24 @@ pub fn run(o: &BenchOpts, mut progress: impl FnMut(&str)) -> Result<Vec<BenchRes
     results.push(stats("rtt_64b", "ring_busy", "us", ring_rtt(o, true)?));
     progress("rtt_64b pipe");
     results.push(stats("rtt_64b", "pipe", "us", pipe_rtt(o)?));
+    progress("process_rtt process");
+    let v = process_rtt(o, WaitStrategy::default())?;
+    results.push(stats("process_rtt", "process", "us", v));
+    progress("process_rtt process_nospin");
+    let v = process_rtt(o, NO_SPIN)?;
+    results.push(stats("process_rtt", "process_nospin", "us", v));
     if o.pool {
         progress("pool_trivial_1m pool_2w");
         // Seconds per million tasks, whatever the run size (--quick runs fewer).
         results.push(stats("pool_trivial_1m", "pool_2w", "s", pool_trivial(o)?));
         progress("pool_apply_rtt pool_2w");
-        results.push(stats("pool_apply_rtt", "pool_2w", "us", pool_apply(o)?));
+        let v = pool_apply(o, WaitStrategy::default())?;
+        results.push(stats("pool_apply_rtt", "pool_2w", "us", v));
+        progress("pool_apply_rtt pool_2w_nospin");
+        let v = pool_apply(o, NO_SPIN)?;
+        results.push(stats("pool_apply_rtt", "pool_2w_nospin", "us", v));
+        progress("pool_idle_cpu pool_2w");
+        results.push(stats("pool_idle_cpu", "pool_2w", "%", pool_idle_cpu(o)?));
         for (w, t) in [(1, "pool_1w"), (2, "pool_2w")] {
             progress(&format!("pool_frames_1080p {t}"));
             results.push(stats(

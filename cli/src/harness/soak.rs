@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{fill, unique, verify};
-use shmflow::process::{Backend, BoxError, Context, Process, ProcessBuilder};
+use shmflow::process::{Backend, BoxError, Context, ForkBuilder, Process};
 use shmflow::{Backpressure, Mode, RecvTimeoutError, Ring};
 
 /// What to run.
@@ -347,7 +347,7 @@ struct RingRun {
 }
 
 fn spawn_reader(name: &str, kind: ReaderKind) -> Result<Process<(), ReaderMsg>, BoxError> {
-    let mut p = ProcessBuilder::new("shmflow-soak-r").spawn(SoakReader {
+    let mut p = ForkBuilder::new("shmflow-soak-r").spawn(SoakReader {
         ring: name.into(),
         kind,
     })?;
@@ -425,7 +425,7 @@ pub fn soak(o: &SoakOpts, mut progress: impl FnMut(&str)) -> Result<SoakReport, 
             steady.push(p);
         }
         let mut writer =
-            ProcessBuilder::new("shmflow-soak-w").spawn(SoakWriter { ring: name.clone() })?;
+            ForkBuilder::new("shmflow-soak-w").spawn(SoakWriter { ring: name.clone() })?;
         if writer.recv_timeout(Duration::from_secs(10))?.is_some() {
             return Err("soak writer: unexpected reply".into());
         }
