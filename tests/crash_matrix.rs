@@ -24,12 +24,22 @@
 //! `broadcast-reader-block`, `drop-oldest-reader`, `queue-reader`, `queue-writer`,
 //! `pool-worker` (a worker SIGKILLed mid-task: exactly its task fails with `WorkerDied`, the
 //! pool goes on), `pool-parent` (the process owning a pool is SIGKILLed: its workers exit,
-//! `PR_SET_PDEATHSIG`, and its status segment is removed like `shmflow gc` would).
+//! `PR_SET_PDEATHSIG`, and its status segment is removed like `shmflow gc` would),
+//! `pidns-peer` (the victim lives in a pid namespace of its own, spawned with `unshare --pid
+//! --fork --mount-proc` running this binary again, pid 1 there: the writer of a lossless ring
+//! in even trials, one of its readers in odd ones; while it lives it must be seen alive and
+//! must see the survivors alive, although each side keeps the other waiting for two liveness
+//! intervals; once SIGKILLed it is reclaimed like any peer; half as many trials, since each
+//! runs `unshare`; skipped, with a message saying why, where `unshare` cannot make a pid
+//! namespace), `multi-held-reader` (a lossless reader with `max_held(3)` killed holding 2 or
+//! 3 frames, with the writer stuck on it: the writer resumes, the two other readers lose
+//! nothing).
 //!
 //! Detection time: from the moment `kill` returned to the moment the survivor noticed
 //! (`WriterDied`; the dead reader's entry reclaimed; the dead worker gone from the pool;
-//! all workers of a killed pool parent dead). The run ends with a table: role, trials,
-//! median and max detection time.
+//! all workers of a killed pool parent dead; `multi-held-reader`: the stuck writer's next
+//! slot). Only a generous bound (5 s, to catch hangs) is asserted on it. The run ends with a
+//! table: role, trials, median and max detection time, and where the victims were.
 //!
 //! `cargo test --test crash_matrix` runs 50 trials per role; `-- --ignored` is the soak (2000
 //! per role); `-- <role>...` runs only those roles. `SHMFLOW_CRASH_TRIALS` sets the trials and
@@ -250,6 +260,12 @@ const BAD_FRAME: i32 = 3;
 const TORN_WHILE_HELD: i32 = 4;
 const BAD_SEQ: i32 = 5;
 const CORRUPTED: i32 = 6;
+/// A victim reader got `WriterDied` or `Disconnected` while the writer lived.
+const WRITER_TAKEN_FOR_DEAD: i32 = 7;
+/// `Reader::held` disagrees with the frames the victim holds.
+const HELD_MISCOUNT: i32 = 8;
+/// A re-executed victim was given a role or arguments it does not know.
+const BAD_ARGS: i32 = 9;
 
 // ----------------------------------------------------------------------------------- roles
 
@@ -261,26 +277,56 @@ type Trial = Duration;
 /// sequence number in a fresh ring; pausing now and then mid-write) and commits frames until
 /// it is killed, storing the count of committed frames in `sh[1]` after each commit.
 fn writer_victim(name: &str, vseed: u64, sh: &SharedCounters, phase: &Phase) -> Child {
-    victim(|| {
-        let mut rng = Rng::new(vseed);
-        let ring = Ring::<u8>::open(name).unwrap();
-        let mut w = ring.writer().unwrap();
-        w.set_liveness_interval(LIVENESS);
+    victim(|| writer_loop(name, vseed, Some((sh, phase)), None))
+}
+
+/// What a writer victim runs, forked ([`writer_victim`]: `report` is its shared counters and
+/// phase) or re-executed in another pid namespace (`pidns-peer`: no shared memory, `None`;
+/// the survivors learn what it committed from the ring). With `stall: Some(k)` it also
+/// sleeps [`STALL`] once, after committing `k` frames: the reader waits for it, alive, over
+/// more than one liveness interval. Returns only on an error (the exit code).
+fn writer_loop(
+    name: &str,
+    vseed: u64,
+    report: Option<(&SharedCounters, &Phase)>,
+    stall: Option<u64>,
+) -> i32 {
+    let mut rng = Rng::new(vseed);
+    let Ok(ring) = Ring::<u8>::open(name) else {
+        return CORRUPTED;
+    };
+    let Ok(mut w) = ring.writer() else {
+        return CORRUPTED;
+    };
+    w.set_liveness_interval(LIVENESS);
+    let set_phase = |p| {
+        if let Some((_, phase)) = report {
+            phase.set(p);
+        }
+    };
+    if let Some((sh, _)) = report {
         sh[0].store(1, SeqCst);
-        let mut id = 0u64;
-        loop {
-            phase.set(1);
-            let mut s = w.reserve().unwrap();
-            phase.set(2);
-            let pause = if rng.chance(20) { rng.below(300) } else { 0 };
-            fill_frame(id, s.as_mut_bytes(), || spin_us(pause));
-            phase.set(3);
-            s.commit();
-            phase.set(4);
-            id += 1;
+    }
+    let mut id = 0u64;
+    loop {
+        set_phase(1);
+        let Ok(mut s) = w.reserve() else {
+            return CORRUPTED;
+        };
+        set_phase(2);
+        let pause = if rng.chance(20) { rng.below(300) } else { 0 };
+        fill_frame(id, s.as_mut_bytes(), || spin_us(pause));
+        set_phase(3);
+        s.commit();
+        set_phase(4);
+        id += 1;
+        if let Some((sh, _)) = report {
             sh[1].store(id, SeqCst);
         }
-    })
+        if stall == Some(id) {
+            std::thread::sleep(STALL);
+        }
+    }
 }
 
 /// A broadcast writer is killed; the reader (in this process) drains exactly the committed
@@ -938,6 +984,901 @@ fn pool_parent(_trial: u64, rng: &mut Rng) -> Trial {
     detect
 }
 
+// ------------------------------------------------------------------------- pid namespaces
+
+/// `pidns-peer`: how long each side once keeps the other waiting while both live (the
+/// waiting side checks its peer's liveness twice meanwhile).
+const STALL: Duration = Duration::from_nanos(2 * LIVENESS.as_nanos() as u64);
+/// `pidns-peer`: the victim lives at least this long after it attached (and until both
+/// stalls are over), plus [`ring_kill_delay`].
+const PIDNS_MIN_ALIVE: Duration = Duration::from_nanos(5 * LIVENESS.as_nanos() as u64);
+/// The victim's pid as the peer table records it: `getpid()` in its own pid namespace,
+/// where it is the first process.
+const NS_PID: u32 = 1;
+/// Roles of the re-executed test binary (see [`ns_victim_main`]).
+const NS_WRITER_ROLE: &str = "crash-matrix-pidns-writer";
+const NS_READER_ROLE: &str = "crash-matrix-pidns-reader";
+/// Counted in [`PHASES`] by `pidns-peer`: which side the victim played, and in how many
+/// trials a survivor timed out waiting on the live victim at least once (it then checked the
+/// victim's liveness while waiting, and must not have taken it for dead).
+const PIDNS_COUNTS: [&str; 5] = [
+    "writer victims",
+    "reader victims",
+    "trials where a survivor waited on the live victim",
+    "-",
+    "-",
+];
+
+/// The command that puts a process in a pid namespace of its own.
+const UNSHARE: [&str; 4] = ["--pid", "--fork", "--mount-proc", "--kill-child"];
+
+/// Whether this process may make pid namespaces: runs `unshare ... true` (it needs root or
+/// `CAP_SYS_ADMIN`, which containers often drop, and util-linux's `unshare`).
+fn pidns_supported() -> Result<(), String> {
+    let out = std::process::Command::new("unshare")
+        .args(UNSHARE)
+        .arg("true")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output();
+    match out {
+        Err(e) => Err(format!("cannot run `unshare`: {e}")),
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "`unshare {} true` failed ({}): {}",
+            UNSHARE.join(" "),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+    }
+}
+
+/// What this test binary does when it is re-executed as a `pidns-peer` victim (`main` calls
+/// it when [`common::role`] says so): `args` are the ring name, the seed and the stall point.
+fn ns_victim_main(role: &str, args: &[String]) -> i32 {
+    let [name, seed, stall] = args else {
+        return BAD_ARGS;
+    };
+    let (Ok(seed), Ok(stall)) = (seed.parse::<u64>(), stall.parse::<u64>()) else {
+        return BAD_ARGS;
+    };
+    match role {
+        NS_WRITER_ROLE => writer_loop(name, seed, None, Some(stall)),
+        NS_READER_ROLE => ns_reader_loop(name, seed, stall),
+        _ => BAD_ARGS,
+    }
+}
+
+/// A `pidns-peer` reader victim: reads every frame of the lossless ring in order, checking
+/// each, holds some for a while, and holds frame `stall` for [`STALL`] (the writer waits for
+/// it). The writer lives until after the kill: any end of the stream is a failure.
+fn ns_reader_loop(name: &str, vseed: u64, stall: u64) -> i32 {
+    let mut rng = Rng::new(vseed);
+    let Ok(ring) = Ring::<u8>::open(name) else {
+        return CORRUPTED;
+    };
+    let Ok(mut r) = ring.reader() else {
+        return CORRUPTED;
+    };
+    r.set_liveness_interval(LIVENESS);
+    let mut next = 0u64;
+    loop {
+        match r.recv_timeout(Duration::from_secs(1)) {
+            Ok(f) => {
+                let Some(id) = frame_id(f.as_bytes()) else {
+                    return BAD_FRAME;
+                };
+                if id != f.seq() || (next != 0 && f.seq() != next) {
+                    return BAD_SEQ;
+                }
+                next = f.seq() + 1;
+                if f.seq() == stall {
+                    std::thread::sleep(STALL);
+                } else if rng.chance(30) {
+                    spin_us(rng.below(600));
+                }
+                if frame_id(f.as_bytes()) != Some(id) {
+                    return TORN_WHILE_HELD;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::WriterDied { .. }) | Err(RecvTimeoutError::Disconnected) => {
+                return WRITER_TAKEN_FOR_DEAD
+            }
+            Err(_) => return CORRUPTED,
+        }
+    }
+}
+
+/// The processes whose parent is `ppid`, from `/proc/*/stat`.
+fn children_of(ppid: u32) -> Vec<u32> {
+    let want = ppid.to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let p = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
+            (p == want).then_some(pid)
+        })
+        .collect()
+}
+
+/// Its pids, outermost namespace first (`NSpid` in `/proc/<pid>/status`).
+fn ns_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits for a child to end, at most `timeout` (then panics; the caller's drop kills it).
+fn wait_std(
+    c: &mut std::process::Child,
+    timeout: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = c.try_wait().expect("try_wait") {
+            return st;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "{what}: did not end within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A victim in a pid namespace of its own: `unshare --pid --fork --mount-proc --kill-child`
+/// (our child) forks the peer, pid [`NS_PID`] in the new namespace with a `/proc` of its own,
+/// which runs this test binary again in a role ([`ns_victim_main`]). `unshare` dies with us
+/// (`PR_SET_PDEATHSIG`), the peer with `unshare` (`--kill-child`), so a failing trial leaves
+/// neither behind. The peer is killed through a pidfd: its pid cannot name another process.
+/// Their stderr comes back through a pipe, to be shown when something went wrong.
+struct NsVictim {
+    unshare: std::process::Child,
+    /// The peer's pid in our namespace, and a pidfd on it (once found).
+    peer: Option<(u32, std::os::fd::OwnedFd)>,
+    ended: bool,
+}
+
+/// What `unshare` from util-linux before 2.39 prints, exiting with code 1 instead of killing
+/// itself with the same signal, when its child was killed by SIGKILL (it tries to unblock
+/// SIGKILL).
+const UNSHARE_SIGKILL_BUG: &str = "sigprocmask unblock failed";
+
+impl NsVictim {
+    fn spawn(role: &str, name: &str, seed: u64, stall: u64) -> NsVictim {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut c = std::process::Command::new("unshare");
+        c.args(UNSHARE)
+            .arg(exe)
+            .env(common::ROLE_ENV, role)
+            .env(
+                "SHMFLOW_TEST_ARGS",
+                [name.to_owned(), seed.to_string(), stall.to_string()].join("\u{1f}"),
+            )
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
+        // which is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                Ok(())
+            })
+        };
+        NsVictim {
+            unshare: c.spawn().expect("spawn unshare"),
+            peer: None,
+            ended: false,
+        }
+    }
+
+    /// Reaps `unshare` (10 s at most) and returns how it ended and what it and the peer
+    /// wrote to stderr (the pipe's write ends are closed once both are gone).
+    fn reap(&mut self, what: &str) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let st = wait_std(&mut self.unshare, Duration::from_secs(10), what);
+        self.ended = true;
+        let mut err = String::new();
+        if let Some(mut e) = self.unshare.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (st, err)
+    }
+
+    /// Waits (10 s at most) until `attached()` says the peer attached, then finds the peer:
+    /// `unshare`'s one child, which must be pid 1 of a pid namespace below ours.
+    fn wait_attached(&mut self, attached: impl Fn() -> bool, what: &str) {
+        let t = Instant::now();
+        while !attached() {
+            if self.unshare.try_wait().expect("try_wait").is_some() {
+                let (st, err) = self.reap(what);
+                panic!("{what}: ended before it attached: {st} (see victim codes); stderr: {err}");
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{what}: never attached"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let kids = children_of(self.unshare.id());
+        let [pid] = kids.as_slice() else {
+            panic!("{what}: unshare's children: {kids:?}");
+        };
+        let pid = *pid;
+        let fd = pidfd_open(pid).expect("pidfd_open on the peer");
+        // The pidfd names the process that is (still) unshare's child, pid 1 where it lives.
+        assert_eq!(
+            children_of(self.unshare.id()),
+            [pid],
+            "{what}: the peer changed"
+        );
+        let pids = ns_pids(pid);
+        assert!(
+            pids.len() >= 2 && pids.first() == Some(&pid) && pids.last() == Some(&NS_PID),
+            "{what}: not pid {NS_PID} of a pid namespace of its own: NSpid {pids:?}"
+        );
+        self.peer = Some((pid, fd));
+    }
+
+    /// Kills the peer with SIGKILL and returns the moment the kill was sent. The peer must
+    /// still run right before (its pidfd is not readable: it did not exit on its own, having
+    /// seen something wrong), and `unshare` must then report a death by SIGKILL: it kills
+    /// itself with the signal that killed its child (before util-linux 2.39 it exits 1 with
+    /// [`UNSHARE_SIGKILL_BUG`] instead); an exit code is the victim's own (see victim codes).
+    /// Then checks that the peer is gone.
+    fn kill(mut self, what: &str) -> Instant {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::ExitStatusExt;
+        let (peer, pidfd) = match &self.peer {
+            Some((pid, fd)) => (*pid, fd.as_raw_fd()),
+            None => panic!("{what}: the peer was never found"),
+        };
+        let exited = || {
+            let mut p = libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a pidfd polls readable once its process has exited.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        if exited() {
+            let (st, err) = self.reap(what);
+            panic!(
+                "{what}: the victim ended before the kill: {st} (see victim codes); stderr: {err}"
+            );
+        }
+        // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        let t = Instant::now();
+        assert_eq!(
+            r,
+            0,
+            "{what}: pidfd_send_signal: {}",
+            std::io::Error::last_os_error()
+        );
+        let (st, err) = self.reap(what);
+        let by_sigkill = st.signal() == Some(libc::SIGKILL)
+            || (st.code() == Some(1) && err.contains(UNSHARE_SIGKILL_BUG));
+        assert!(
+            by_sigkill,
+            "{what}: the victim did not die of the kill: {st} (see victim codes); stderr: {err}"
+        );
+        assert!(exited(), "{what}: the peer (pid {peer}) outlived unshare");
+        t
+    }
+}
+
+impl Drop for NsVictim {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Some((_, fd)) = &self.peer {
+                use std::os::fd::AsRawFd;
+                // SAFETY: as in `kill`.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+            let _ = self.unshare.kill();
+            let _ = self.unshare.wait();
+        }
+    }
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// The victim lives in a pid namespace of its own (pid 1 there, spawned with `unshare`),
+/// the survivors in ours, so pids tell neither side whether the other lives: even trials it
+/// is the writer of a lossless ring, odd trials one of its readers. While it lives nobody may
+/// take it for dead, nor may it take the survivors for dead: each side keeps the other
+/// waiting once, for two liveness intervals, before the kill, and every survivor-side step
+/// checks that `RingStatus` lists every peer alive and that `reclaim_dead_peers` finds none.
+/// After the kill the usual checks: `WriterDied` (pid 1, as its namespace numbered it) after
+/// exactly the committed frames, or the dead reader reclaimed and the writer going on.
+fn pidns_peer(trial: u64, rng: &mut Rng) -> Trial {
+    if trial.is_multiple_of(2) {
+        PHASES[0].fetch_add(1, SeqCst);
+        pidns_writer(rng)
+    } else {
+        PHASES[1].fetch_add(1, SeqCst);
+        pidns_reader(rng)
+    }
+}
+
+/// `pidns-peer`, even trials: the writer is the victim; the reader is ours.
+fn pidns_writer(rng: &mut Rng) -> Trial {
+    let name = unique_name("cm-nw");
+    let guard = RingGuard(name.clone());
+    let ring = ring(&name, Mode::Broadcast(Backpressure::Block));
+    let mut reader = ring.reader().unwrap();
+    reader.set_liveness_interval(LIVENESS);
+    let me = ring.status().readers[0].index;
+    // The victim sleeps once after committing `stall` frames, while we wait for it.
+    let stall = 1 + rng.below(8);
+    let mut v = NsVictim::spawn(NS_WRITER_ROLE, &name, rng.next(), stall);
+    v.wait_attached(|| !ring.status().writers.is_empty(), "pid-namespace writer");
+    let start = Instant::now();
+    let kill_at = start + PIDNS_MIN_ALIVE + ring_kill_delay(rng);
+    let mut v = Some(v);
+    let mut killed: Option<Instant> = None;
+    let mut stalled = false;
+    let mut waited = false;
+    let mut next = 0u64;
+    let (detect, died) = loop {
+        if killed.is_none() {
+            // Both stalls are over once we stalled and read past the victim's.
+            if Instant::now() >= kill_at && stalled && next > stall {
+                killed = Some(v.take().unwrap().kill("pid-namespace writer"));
+            } else {
+                let st = ring.status();
+                assert!(
+                    matches!(st.writers.as_slice(), [w] if w.pid == NS_PID && w.alive),
+                    "the live writer in another pid namespace: {:?}",
+                    st.writers
+                );
+                assert_eq!(st.writer_died, None, "a live writer recorded as dead");
+                assert!(
+                    matches!(st.readers.as_slice(), [r] if r.index == me && r.alive),
+                    "the writer in another pid namespace took our reader for dead: {:?}",
+                    st.readers
+                );
+                assert_eq!(
+                    ring.reclaim_dead_peers(),
+                    0,
+                    "a live peer in another pid namespace was reclaimed"
+                );
+            }
+        }
+        // We stall once (holding nothing), and the victim waits on a full ring.
+        if !stalled && start.elapsed() >= 2 * LIVENESS {
+            std::thread::sleep(STALL);
+            stalled = true;
+        }
+        let timeout = if killed.is_some() {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_micros(200)
+        };
+        match reader.recv_timeout(timeout) {
+            Ok(f) => {
+                let id = frame_id(f.as_bytes()).unwrap_or_else(|| panic!("torn frame {}", f.seq()));
+                assert_eq!(id, f.seq(), "frame content vs its sequence number");
+                assert_eq!(f.seq(), next, "lossless reader: a gap");
+                next += 1;
+                if rng.chance(10) {
+                    spin_us(rng.below(500));
+                    assert_eq!(frame_id(f.as_bytes()), Some(id), "frame torn while held");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => match killed {
+                Some(t) => assert!(t.elapsed() < BOUND, "writer death not noticed in {BOUND:?}"),
+                None => waited = true,
+            },
+            Err(RecvTimeoutError::WriterDied { pid, frames }) => {
+                let t = killed.expect("WriterDied while the writer in another pid namespace lives");
+                break (t.elapsed(), (pid, frames));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("a SIGKILLed writer was reported as a clean end (Disconnected)")
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    PHASES[2].fetch_add(u64::from(waited), SeqCst);
+    // Every frame it committed was read: the ring's count, and the one WriterDied reports.
+    assert_eq!(ring.status().write_seq, next, "committed vs read");
+    assert_eq!(
+        died,
+        (NS_PID, next),
+        "WriterDied: its pid there, every frame read"
+    );
+    // A writer of our namespace takes its place; its frame arrives; it detaches cleanly.
+    let mut w = ring.writer().expect("a new writer attaches");
+    let mut s = w
+        .reserve_timeout(BOUND)
+        .expect("the new writer gets a slot");
+    let seq = s.seq();
+    assert_eq!(seq, next);
+    fill_frame(seq, s.as_mut_bytes(), || {});
+    s.commit();
+    {
+        let f = reader.recv_timeout(BOUND).expect("the new writer's frame");
+        assert_eq!((f.seq(), frame_id(f.as_bytes())), (seq, Some(seq)));
+    }
+    drop(w);
+    assert_eq!(
+        reader.recv_timeout(BOUND).map(|f| f.seq()),
+        Err(RecvTimeoutError::Disconnected)
+    );
+    drop((reader, ring, guard));
+    assert!(!common::shm_path(&name).exists(), "segment left behind");
+    detect
+}
+
+/// `pidns-peer`, odd trials: a reader of the lossless ring is the victim; the writer and a
+/// live reader are ours.
+fn pidns_reader(rng: &mut Rng) -> Trial {
+    let name = unique_name("cm-nr");
+    let guard = RingGuard(name.clone());
+    let ring = ring(&name, Mode::Broadcast(Backpressure::Block));
+    let mut live = ring.reader().unwrap();
+    live.set_liveness_interval(LIVENESS);
+    let mut w = ring.writer().unwrap();
+    w.set_liveness_interval(LIVENESS);
+    let me = ring.status().readers[0].index;
+    // The victim holds frame `stall` for a while, and our writer waits for it.
+    let stall = rng.below(8);
+    let mut v = NsVictim::spawn(NS_READER_ROLE, &name, rng.next(), stall);
+    v.wait_attached(|| ring.status().readers.len() == 2, "pid-namespace reader");
+    let start = Instant::now();
+    let vi = {
+        let st = ring.status();
+        let theirs: Vec<_> = st.readers.iter().filter(|p| p.index != me).collect();
+        assert!(
+            matches!(theirs.as_slice(), [p] if p.pid == NS_PID && p.alive),
+            "the reader in another pid namespace: {:?}",
+            st.readers
+        );
+        theirs[0].index
+    };
+    let kill_at = start + PIDNS_MIN_ALIVE + ring_kill_delay(rng);
+    let mut v = Some(v);
+    let mut killed: Option<Instant> = None;
+    let mut detect: Option<Duration> = None;
+    let mut stalled = false;
+    let mut waited = false;
+    let mut written = 0u64;
+    let mut after = 0u64;
+    let mut next = 0u64;
+    loop {
+        if killed.is_none() {
+            let st = ring.status();
+            let theirs = st.readers.iter().find(|p| p.index == vi);
+            // Both stalls are over once we stalled and the victim let go of its frame.
+            if Instant::now() >= kill_at && stalled && theirs.is_some_and(|p| p.cursor > stall) {
+                killed = Some(v.take().unwrap().kill("pid-namespace reader"));
+            } else {
+                assert!(
+                    st.readers.len() == 2
+                        && st.readers.iter().all(|p| p.alive)
+                        && theirs.is_some_and(|p| p.pid == NS_PID),
+                    "a live reader in another pid namespace taken for dead: {:?}",
+                    st.readers
+                );
+                let cursor = theirs.unwrap().cursor;
+                assert!(
+                    written <= cursor + u64::from(SLOTS),
+                    "the writer went {written} - {cursor} frames past the live victim"
+                );
+                assert!(
+                    matches!(st.writers.as_slice(), [w] if w.alive),
+                    "the reader in another pid namespace took our writer for dead: {:?}",
+                    st.writers
+                );
+                assert_eq!(
+                    ring.reclaim_dead_peers(),
+                    0,
+                    "a live peer in another pid namespace was reclaimed"
+                );
+            }
+        }
+        if let Some(t) = killed {
+            if detect.is_none() {
+                if ring.status().readers.iter().all(|p| p.index != vi) {
+                    detect = Some(t.elapsed());
+                } else {
+                    assert!(
+                        t.elapsed() < BOUND,
+                        "dead reader not reclaimed in {BOUND:?}"
+                    );
+                }
+            }
+        }
+        if detect.is_some() && after >= 2 * u64::from(SLOTS) {
+            break;
+        }
+        // We stall once (between frames), and the victim waits on an empty ring.
+        if !stalled && start.elapsed() >= 2 * LIVENESS {
+            std::thread::sleep(STALL);
+            stalled = true;
+        }
+        if rng.chance(5) {
+            spin_us(rng.below(500));
+        }
+        match w.reserve_timeout(Duration::from_millis(2)) {
+            Ok(mut s) => {
+                let seq = s.seq();
+                assert_eq!(seq, written);
+                fill_frame(seq, s.as_mut_bytes(), || {});
+                s.commit();
+                written += 1;
+                if detect.is_some() {
+                    after += 1;
+                }
+            }
+            Err(ReserveTimeoutError::Timeout) => waited |= killed.is_none(),
+            Err(e) => panic!("{e:?}"),
+        }
+        loop {
+            match live.recv_timeout(Duration::from_micros(100)) {
+                Ok(f) => {
+                    assert_eq!(
+                        frame_id(f.as_bytes()),
+                        Some(f.seq()),
+                        "live reader: torn frame"
+                    );
+                    assert_eq!(f.seq(), next, "live lossless reader: a gap");
+                    next += 1;
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(e) => panic!("live reader: {e:?}"),
+            }
+        }
+    }
+    PHASES[2].fetch_add(u64::from(waited), SeqCst);
+    assert_eq!(next, written, "the live reader got to the last frame");
+    // A new reader attaches in the victim's place and gets the next frame, as does the live
+    // one.
+    let mut r2 = ring.reader().expect("a new reader attaches");
+    let mut s = w
+        .reserve_timeout(BOUND)
+        .expect("slot for the new reader's frame");
+    let seq = s.seq();
+    fill_frame(seq, s.as_mut_bytes(), || {});
+    s.commit();
+    for r in [&mut live, &mut r2] {
+        let f = r
+            .recv_timeout(BOUND)
+            .expect("frame after the new reader attached");
+        assert_eq!((f.seq(), frame_id(f.as_bytes())), (seq, Some(seq)));
+    }
+    drop((r2, live, w, ring, guard));
+    assert!(!common::shm_path(&name).exists(), "segment left behind");
+    detect.unwrap()
+}
+
+// ---------------------------------------------------------------------- multi-held reader
+
+/// Frames a `multi-held-reader` victim may hold at once: the most a reader of a ring of
+/// [`SLOTS`] slots may.
+const MULTI_HELD: u32 = SLOTS - 1;
+
+/// Phase names of `multi-held-reader` victims: how many frames they held when killed.
+const MULTI_HELD_PHASES: [&str; 5] = ["-", "-", "holding 2", "holding 3", "-"];
+
+/// The survivors of `multi-held-reader`: the writer and two lossless readers, `a` (one frame
+/// at a time) and `b` (`max_held(2)`: it drops its frames in pairs), each of which must get
+/// every frame in order.
+struct HeldSurvivors {
+    w: shmflow::Writer<u8>,
+    a: shmflow::Reader<u8>,
+    b: shmflow::Reader<u8>,
+    b_held: Vec<shmflow::ReadSlot<u8>>,
+    written: u64,
+    next_a: u64,
+    next_b: u64,
+}
+
+impl HeldSurvivors {
+    /// Writes the next frame if the writer gets a slot within `wait`.
+    fn write(&mut self, wait: Duration) -> Result<(), ReserveTimeoutError> {
+        let mut s = self.w.reserve_timeout(wait)?;
+        assert_eq!(s.seq(), self.written);
+        fill_frame(self.written, s.as_mut_bytes(), || {});
+        s.commit();
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Both readers take every frame there is.
+    fn drain(&mut self) {
+        let check = |f: &shmflow::ReadSlot<u8>, next: &mut u64, who: &str| {
+            assert_eq!(frame_id(f.as_bytes()), Some(f.seq()), "{who}: torn frame");
+            assert_eq!(f.seq(), *next, "{who}: a gap");
+            *next += 1;
+        };
+        loop {
+            match self.a.recv_timeout(Duration::from_micros(100)) {
+                Ok(f) => check(&f, &mut self.next_a, "live reader a"),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(e) => panic!("live reader a: {e:?}"),
+            }
+        }
+        loop {
+            match self.b.recv_timeout(Duration::from_micros(100)) {
+                Ok(f) => {
+                    check(&f, &mut self.next_b, "live reader b");
+                    self.b_held.push(f);
+                    if self.b_held.len() == 2 {
+                        for f in self.b_held.drain(..) {
+                            assert_eq!(frame_id(f.as_bytes()), Some(f.seq()), "b: torn while held");
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(e) => panic!("live reader b: {e:?}"),
+            }
+        }
+    }
+}
+
+/// A lossless reader attached with `max_held(3)` gathers 2 or 3 frames, holds them a while and
+/// drops them in random order (checking each first), over and over. At a random moment it is
+/// told to freeze: as soon as it holds 2 or more frames (which need not be consecutive: it
+/// may have dropped the middle one) it keeps them and reads no more. The writer (here) runs
+/// into it: a wait of more than two liveness intervals times out (the writer checked the live
+/// victim and did not reclaim it) and the writer never got more than [`SLOTS`] frames past
+/// the victim's cursor. The victim is killed holding its frames (its entry says how many);
+/// the writer must resume within the bound (the detection time: from the kill to the
+/// writer's next slot), and the two live readers lose nothing. Then a new reader holds three
+/// frames while the writer goes on: none of the victim's hold is left.
+fn multi_held_reader(_trial: u64, rng: &mut Rng) -> Trial {
+    let name = unique_name("cm-mh");
+    let guard = RingGuard(name.clone());
+    let ring = ring(&name, Mode::Broadcast(Backpressure::Block));
+    let mut a = ring.reader().unwrap();
+    a.set_liveness_interval(LIVENESS);
+    let mut b = ring.attach_reader().max_held(2).attach().unwrap();
+    b.set_liveness_interval(LIVENESS);
+    let mut w = ring.writer().unwrap();
+    w.set_liveness_interval(LIVENESS);
+    // [0] ready, [1] freeze (we set it), [2] frames held when frozen
+    let sh = SharedCounters::new(3);
+    let vseed = rng.next();
+    let child = victim(|| {
+        let mut rng = Rng::new(vseed);
+        let Ok(ring) = Ring::<u8>::open(&name) else {
+            return CORRUPTED;
+        };
+        let Ok(mut r) = ring.attach_reader().max_held(MULTI_HELD).attach() else {
+            return CORRUPTED;
+        };
+        r.set_liveness_interval(LIVENESS);
+        sh[0].store(1, SeqCst);
+        let mut held: Vec<(shmflow::ReadSlot<u8>, u64)> = Vec::new();
+        let mut next = 0u64;
+        let mut want = 2 + rng.below(2) as usize;
+        let mut dropping = false;
+        loop {
+            if held.len() >= 2 && sh[1].load(SeqCst) != 0 {
+                sh[2].store(held.len() as u64, SeqCst);
+                loop {
+                    std::thread::sleep(Duration::from_millis(1));
+                    if held
+                        .iter()
+                        .any(|(f, id)| frame_id(f.as_bytes()) != Some(*id))
+                    {
+                        return TORN_WHILE_HELD;
+                    }
+                }
+            }
+            if !dropping && held.len() < want {
+                match r.recv_timeout(Duration::from_millis(1)) {
+                    Ok(f) => {
+                        let Some(id) = frame_id(f.as_bytes()) else {
+                            return BAD_FRAME;
+                        };
+                        if id != f.seq() || (next != 0 && f.seq() != next) {
+                            return BAD_SEQ;
+                        }
+                        next = f.seq() + 1;
+                        held.push((f, id));
+                        if r.held() as usize != held.len() {
+                            return HELD_MISCOUNT;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(_) => return CORRUPTED,
+                }
+                continue;
+            }
+            if !dropping {
+                spin_us(rng.below(300));
+                dropping = true;
+            }
+            let (f, id) = held.swap_remove(rng.below(held.len() as u64) as usize);
+            if frame_id(f.as_bytes()) != Some(id) {
+                return TORN_WHILE_HELD;
+            }
+            drop(f);
+            if r.held() as usize != held.len() {
+                return HELD_MISCOUNT;
+            }
+            if held.is_empty() {
+                dropping = false;
+                want = 2 + rng.below(2) as usize;
+            } else {
+                spin_us(rng.below(100));
+            }
+        }
+    });
+    wait_flag(&sh[0], "multi-held reader");
+    let victim_pid = child.pid as u32;
+    let vi = {
+        let st = ring.status();
+        let v: Vec<_> = st.readers.iter().filter(|p| p.pid == victim_pid).collect();
+        assert!(
+            matches!(v.as_slice(), [p] if p.max_held == MULTI_HELD && p.alive),
+            "the victim reader: {:?}",
+            st.readers
+        );
+        v[0].index
+    };
+    let victim_entry = || ring.status().readers.into_iter().find(|p| p.index == vi);
+    let mut s = HeldSurvivors {
+        w,
+        a,
+        b,
+        b_held: Vec::new(),
+        written: 0,
+        next_a: 0,
+        next_b: 0,
+    };
+    // Run until the freeze, then until the victim froze and the writer is stuck on it.
+    let freeze_at = Instant::now() + ring_kill_delay(rng);
+    let t0 = Instant::now();
+    loop {
+        assert!(t0.elapsed() < BOUND, "multi-held reader: never froze");
+        if sh[1].load(SeqCst) == 0 && Instant::now() >= freeze_at {
+            sh[1].store(1, SeqCst);
+        }
+        if rng.chance(5) {
+            spin_us(rng.below(300));
+        }
+        let blocked = match s.write(Duration::from_millis(2)) {
+            Ok(()) => false,
+            Err(ReserveTimeoutError::Timeout) => true,
+            Err(e) => panic!("{e:?}"),
+        };
+        s.drain();
+        if blocked && sh[2].load(SeqCst) != 0 {
+            break;
+        }
+        let p = victim_entry().expect("the live victim is listed");
+        assert!(p.alive, "the live victim: {p:?}");
+        assert!(
+            s.written <= p.cursor + u64::from(SLOTS),
+            "the writer went {} - {} frames past the live victim",
+            s.written,
+            p.cursor
+        );
+    }
+    let frozen = sh[2].load(SeqCst);
+    assert_eq!(
+        s.write(2 * LIVENESS + LIVENESS / 5),
+        Err(ReserveTimeoutError::Timeout),
+        "the writer went on past a live reader holding {frozen} frames"
+    );
+    let p = victim_entry().expect("the live victim is listed");
+    assert!(
+        p.alive && p.held == frozen && s.written <= p.cursor + u64::from(SLOTS),
+        "the live victim, frozen holding {frozen} frames, {} written: {p:?}",
+        s.written
+    );
+    let killed = kill_victim(child, "multi-held reader");
+    PHASES[frozen as usize].fetch_add(1, SeqCst);
+    // Nothing waited since the kill: the entry is still there, dead, holding its frames.
+    let p = victim_entry().expect("the dead victim, not reclaimed yet");
+    assert!(!p.alive && p.held == frozen, "the dead victim: {p:?}");
+    // The writer resumes: its wait reclaims the dead reader and its frames.
+    s.write(BOUND)
+        .expect("the writer resumes after the holder's death");
+    let detect = killed.elapsed();
+    assert!(victim_entry().is_none(), "the dead victim still listed");
+    for _ in 0..2 * SLOTS {
+        s.write(BOUND).expect("the writer goes on");
+        s.drain();
+    }
+    s.drain();
+    assert_eq!(
+        (s.next_a, s.next_b),
+        (s.written, s.written),
+        "the live readers got every frame"
+    );
+    // A new reader holds three frames; the writer still finds a slot beside them.
+    drop(s.b_held);
+    drop(s.b);
+    let (mut w, mut a) = (s.w, s.a);
+    let mut r2 = ring
+        .attach_reader()
+        .max_held(MULTI_HELD)
+        .attach()
+        .expect("a new multi-held reader attaches");
+    let mut send = |w: &mut shmflow::Writer<u8>| {
+        let mut slot = w
+            .reserve_timeout(BOUND)
+            .expect("a slot beside the held frames");
+        let seq = slot.seq();
+        fill_frame(seq, slot.as_mut_bytes(), || {});
+        slot.commit();
+        let f = a.recv_timeout(BOUND).expect("the live reader's frame");
+        assert_eq!((f.seq(), frame_id(f.as_bytes())), (seq, Some(seq)));
+        seq
+    };
+    let mut held = Vec::new();
+    for _ in 0..MULTI_HELD {
+        let seq = send(&mut w);
+        let f = r2.recv_timeout(BOUND).expect("the new reader's frame");
+        assert_eq!(f.seq(), seq);
+        held.push(f);
+    }
+    send(&mut w);
+    for f in held {
+        assert_eq!(
+            frame_id(f.as_bytes()),
+            Some(f.seq()),
+            "a held frame overwritten"
+        );
+    }
+    drop((r2, a, w, ring, guard));
+    assert!(!common::shm_path(&name).exists(), "segment left behind");
+    detect
+}
+
 // ------------------------------------------------------------------------------------ main
 
 /// A victim is killed while it opens the ring and attaches (or just after): even trials a
@@ -1119,7 +2060,7 @@ fn attaching(trial: u64, rng: &mut Rng) -> Trial {
     detect
 }
 
-const ROLES: [&str; 8] = [
+const ROLES: [&str; 10] = [
     "attaching-peer",
     "broadcast-writer",
     "broadcast-reader-block",
@@ -1128,6 +2069,8 @@ const ROLES: [&str; 8] = [
     "queue-writer",
     "pool-worker",
     "pool-parent",
+    "pidns-peer",
+    "multi-held-reader",
 ];
 
 static WATCH_ROLE: AtomicUsize = AtomicUsize::new(0);
@@ -1175,6 +2118,10 @@ fn median_max(v: &mut [Duration]) -> (Duration, Duration) {
 }
 
 fn main() {
+    // Re-executed as a `pidns-peer` victim (inside `unshare`): play the role, nothing else.
+    if let Some((role, args)) = common::role() {
+        std::process::exit(ns_victim_main(&role, &args));
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let soak = args
         .iter()
@@ -1203,10 +2150,24 @@ fn main() {
     let started = Instant::now();
     let mut table = Vec::new();
     let mut failed = 0;
+    let mut skipped = Vec::new();
     for (ri, role) in ROLES.iter().enumerate() {
         if !wanted.is_empty() && !wanted.iter().any(|w| role.contains(w.as_str())) {
             continue;
         }
+        // Each pid-namespace trial spawns `unshare` and this binary: half as many.
+        let trials = if *role == "pidns-peer" {
+            match pidns_supported() {
+                Ok(()) => trials.div_ceil(2),
+                Err(e) => {
+                    println!("role {role} ... SKIPPED: no pid namespace for the victim: {e}");
+                    skipped.push(*role);
+                    continue;
+                }
+            }
+        } else {
+            trials
+        };
         WATCH_ROLE.store(ri, SeqCst);
         for p in &PHASES {
             p.store(0, SeqCst);
@@ -1233,6 +2194,8 @@ fn main() {
                     "queue-writer" => queue_writer(trial, &mut rng),
                     "pool-worker" => pool.as_ref().unwrap().trial(trial, &mut rng),
                     "pool-parent" => pool_parent(trial, &mut rng),
+                    "pidns-peer" => pidns_peer(trial, &mut rng),
+                    "multi-held-reader" => multi_held_reader(trial, &mut rng),
                     _ => unreachable!(),
                 };
                 // SAFETY: alarm only disarms the timer.
@@ -1257,6 +2220,8 @@ fn main() {
                     "pool-worker" => Some(WORKER_PHASES),
                     "pool-parent" => Some(OWNER_COUNTS),
                     "attaching-peer" => Some(ATTACH_PHASES),
+                    "pidns-peer" => Some(PIDNS_COUNTS),
+                    "multi-held-reader" => Some(MULTI_HELD_PHASES),
                     _ => Some(READER_PHASES),
                 };
                 let kills = labels.map_or_else(String::new, |labels| {
@@ -1303,7 +2268,7 @@ fn main() {
         failed += 1;
     }
     println!(
-        "\n{:<24} {:>7} {:>17} {:>14}  victim killed while (pool-parent: segments left)",
+        "\n{:<24} {:>7} {:>17} {:>14}  victim killed while (pool-parent: segments left; pidns-peer: counts)",
         "role", "trials", "detect_median_ms", "detect_max_ms"
     );
     for (role, n, med, max, kills) in &table {
@@ -1314,9 +2279,15 @@ fn main() {
         );
     }
     println!(
-        "\ntest result: {}. {} roles passed; {failed} failed; total {:.2?}\n",
+        "\ntest result: {}. {} roles passed; {failed} failed; {} skipped{}; total {:.2?}\n",
         if failed == 0 { "ok" } else { "FAILED" },
         table.len(),
+        skipped.len(),
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", skipped.join(", "))
+        },
         started.elapsed()
     );
     std::process::exit(if failed == 0 { 0 } else { 1 });
