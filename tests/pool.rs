@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shmflow::process::{self, Task, WorkerInfo, WorkerPool};
+use shmflow::process::{self, BoxError, Task, WorkerInfo, WorkerPool};
 use shmflow::{ExitReason, PoolError, TaskErrorKind};
 
 fn map_orders_and_unordered_covers() {
@@ -315,8 +315,8 @@ impl Task for Scale {
     type Output = u64;
     type State = u64;
     type ExitValue = u64;
-    fn init(&self, w: &WorkerInfo) -> u64 {
-        w.id as u64
+    fn init(&self, w: &WorkerInfo) -> Result<u64, BoxError> {
+        Ok(w.id as u64)
     }
     fn call(&self, state: &mut u64, _w: &WorkerInfo, x: u64) -> u64 {
         *state += 1;
@@ -514,6 +514,108 @@ fn frame_tasks_release_their_frame_and_report_gone_frames() {
     drop(w);
 }
 
+/// Issue 11 finding: `worker_init` could not return an error, so a failed connection had to
+/// panic and was retried three times. Now an `Err` fails the start at once, with its cause.
+fn worker_init_error_fails_the_start_at_once_with_its_cause() {
+    let log = std::env::temp_dir().join(format!("shmflow-init-{}", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let path = log.clone();
+    let pool = WorkerPool::builder()
+        .workers(1)
+        .try_worker_init(move |_| -> Result<u32, BoxError> {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            writeln!(f, "attempt")?;
+            Err("cannot connect to the database".into())
+        })
+        .build(|_: &mut u32, _, x: u64| x)
+        .unwrap();
+    let t = Instant::now();
+    match pool.start() {
+        Err(PoolError::InitFailed { worker, message }) => {
+            assert_eq!(worker, 0);
+            assert!(
+                message.contains("cannot connect to the database"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let attempts = std::fs::read_to_string(&log).unwrap().lines().count();
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(attempts, 1, "worker_init was retried");
+    // The same error from map, and the pool still works once init can succeed.
+    assert!(matches!(
+        pool.map(0..3u64),
+        Err(PoolError::InitFailed { .. })
+    ));
+    drop(pool);
+    let ok = WorkerPool::builder()
+        .workers(1)
+        .try_worker_init(|_| Ok::<u32, std::io::Error>(7))
+        .build(|s: &mut u32, _, x: u64| x + u64::from(*s))
+        .unwrap();
+    assert_eq!(ok.map(0..3u64).unwrap(), vec![7, 8, 9]);
+}
+
+/// Issue 11 finding: `map` required `IntoIter: 'static`, so `pool.map(data.iter().copied())`
+/// did not compile. Borrowed inputs now work in every map flavour.
+fn map_accepts_borrowed_iterators() {
+    let data: Vec<u64> = (0..100).collect();
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .build(|_: &mut (), _, x: u64| x * 2)
+        .unwrap();
+    let want: Vec<u64> = data.iter().map(|x| x * 2).collect();
+    assert_eq!(pool.map(data.iter().copied()).unwrap(), want);
+    let mut un: Vec<u64> = pool
+        .map_unordered(data.iter().copied())
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    un.sort_unstable();
+    assert_eq!(un, want);
+    let lazy: Vec<u64> = pool
+        .imap(data.iter().copied())
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(lazy, want);
+    assert_eq!(pool.imap_unordered(data.iter().copied()).count(), 100);
+    // An endless borrowed iterator is pulled lazily.
+    let first: Vec<u64> = pool
+        .imap(data.iter().copied().cycle())
+        .take(250)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first.len(), 250);
+    assert_eq!(first[249], want[49]);
+}
+
+/// Issue 11 finding: `chunk_size(0)` silently became 1 (and `workers(0)` 1). Both are now
+/// refused by `build` with a message that says what to do.
+fn zero_chunk_size_and_zero_workers_are_errors() {
+    match WorkerPool::builder()
+        .workers(1)
+        .chunk_size(0)
+        .build(|_: &mut (), _, x: u64| x)
+    {
+        Err(PoolError::InvalidSetting(m)) => assert!(m.contains("chunk_size(0)"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    match WorkerPool::builder()
+        .workers(0)
+        .build(|_: &mut (), _, x: u64| x)
+    {
+        Err(PoolError::InvalidSetting(m)) => assert!(m.contains("workers(0)"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
 fn main() {
     process::init().register_pool::<Scale>().run();
     let tests: &[(&str, fn())] = &[
@@ -537,6 +639,18 @@ fn main() {
         ("lifespan_and_keep_alive", lifespan_and_keep_alive),
         ("apply_and_apply_async", apply_and_apply_async),
         ("init_failures_give_up", init_failures_give_up),
+        (
+            "worker_init_error_fails_the_start_at_once_with_its_cause",
+            worker_init_error_fails_the_start_at_once_with_its_cause,
+        ),
+        (
+            "map_accepts_borrowed_iterators",
+            map_accepts_borrowed_iterators,
+        ),
+        (
+            "zero_chunk_size_and_zero_workers_are_errors",
+            zero_chunk_size_and_zero_workers_are_errors,
+        ),
         ("nested_pools_work", nested_pools_work),
         ("start_stop_leaves_nothing", start_stop_leaves_nothing),
         (

@@ -19,7 +19,12 @@ enum Cmd {
     Name,
     SpawnGrandchild,
     Panic,
+    /// Reply with [`MARKER`]: set in the parent, seen by a fork, not by a re-exec.
+    Marker,
 }
+
+/// Set to 42 by the parent before it spawns.
+static MARKER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Backend for Node {
     type Request = Cmd;
@@ -41,6 +46,7 @@ impl Backend for Node {
                     kids.push(k);
                 }
                 Cmd::Panic => panic!("node panicked at depth {}", self.depth),
+                Cmd::Marker => ctx.reply(&MARKER.load(std::sync::atomic::Ordering::SeqCst))?,
             }
         }
         Ok(())
@@ -124,11 +130,35 @@ fn fork_after_threads_is_refused_and_reexec_works() {
     t.join().unwrap();
 }
 
+/// Issue 11 finding: `ProcessBuilder::start_method(StartMethod::Reexec)` stored a value that
+/// nothing read, and `spawn` forked anyway. Fork and re-exec are now distinct builders; each
+/// starts what it says: a fork sees the parent's memory, a re-executed program does not.
+fn each_builder_starts_what_it_says() {
+    MARKER.store(42, std::sync::atomic::Ordering::SeqCst);
+    let mut forked = ForkBuilder::new("forked").spawn(Node { depth: 0 }).unwrap();
+    assert_eq!(forked.request(&Cmd::Marker).unwrap(), 42);
+    forked.stop(Duration::from_secs(10)).unwrap();
+    let mut fresh = ReexecBuilder::new("fresh")
+        .spawn(Node { depth: 0 })
+        .unwrap();
+    assert_eq!(
+        fresh.request(&Cmd::Marker).unwrap(),
+        0,
+        "a re-exec child is a new program"
+    );
+    fresh.stop(Duration::from_secs(10)).unwrap();
+    MARKER.store(0, std::sync::atomic::Ordering::SeqCst);
+}
+
 fn main() {
     process::init().register::<Node>().run();
     let tests: &[(&str, fn())] = &[
         ("fork_round_trip", fork_round_trip),
         ("fork_panic_is_reported", fork_panic_is_reported),
+        (
+            "each_builder_starts_what_it_says",
+            each_builder_starts_what_it_says,
+        ),
         (
             "killed_parent_takes_its_children_along",
             killed_parent_takes_its_children_along,

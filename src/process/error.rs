@@ -209,6 +209,18 @@ pub enum PoolError {
         /// How the last attempt ended.
         reason: ExitReason,
     },
+    /// `worker_init` (or a [`Task`](crate::process::Task)'s `init`) returned an error: the
+    /// pool does not retry it.
+    #[error("worker_init of worker {worker} failed: {message}")]
+    InitFailed {
+        /// Worker id.
+        worker: usize,
+        /// The error and its sources, as the worker reported them.
+        message: String,
+    },
+    /// A builder setting is out of range (`workers(0)`, `chunk_size(0)`).
+    #[error("invalid pool setting: {0}")]
+    InvalidSetting(String),
     /// `AsyncResult::get_timeout` ran out of time.
     #[error("timed out waiting for a task result")]
     Timeout,

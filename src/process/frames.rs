@@ -23,7 +23,8 @@ use ndarray::IxDyn;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::pool::{PoolBuilder, Task, WorkerInfo, WorkerPool};
+use super::pool::{InitFn, PoolBuilder, Task, WorkerInfo, WorkerPool};
+use super::spawn::BoxError;
 use crate::array::Element;
 use crate::process::error::PoolError;
 use crate::ring::error::RecvTimeoutError;
@@ -74,8 +75,6 @@ impl<T: Element, U: Element, S> std::fmt::Debug for FrameState<T, U, S> {
     }
 }
 
-type InitFn<S> = std::sync::Arc<dyn Fn(&WorkerInfo) -> S + Send + Sync>;
-
 type FrameFn<T, U, S, R> =
     dyn Fn(&mut S, &WorkerInfo, &ReadSlot<T, IxDyn>, Option<&mut WriteSlot<U, IxDyn>>) -> R;
 
@@ -109,23 +108,29 @@ where
     type State = FrameState<T, U, S>;
     type ExitValue = ();
 
-    fn init(&self, w: &WorkerInfo) -> Self::State {
+    fn init(&self, w: &WorkerInfo) -> Result<Self::State, BoxError> {
+        let ctx = |what: &str, name: &str, e: &dyn std::fmt::Display| -> BoxError {
+            format!("worker {} cannot {what} ring {name:?}: {e}", w.id).into()
+        };
         let reader = Ring::<T>::open(&self.input)
-            .unwrap_or_else(|e| panic!("worker {} cannot open input ring: {e}", w.id))
+            .map_err(|e| ctx("open the input", &self.input, &e))?
             .reader()
-            .unwrap_or_else(|e| panic!("worker {} cannot attach to the input ring: {e}", w.id));
-        let writer = self.output.as_ref().map(|o| {
-            Ring::<U>::open(o)
-                .unwrap_or_else(|e| panic!("worker {} cannot open output ring: {e}", w.id))
-                .writer()
-                .unwrap_or_else(|e| panic!("worker {} cannot attach to the output ring: {e}", w.id))
-        });
-        FrameState {
-            user: (self.init)(w),
+            .map_err(|e| ctx("attach to the input", &self.input, &e))?;
+        let writer = match &self.output {
+            None => None,
+            Some(o) => Some(
+                Ring::<U>::open(o)
+                    .map_err(|e| ctx("open the output", o, &e))?
+                    .writer()
+                    .map_err(|e| ctx("attach to the output", o, &e))?,
+            ),
+        };
+        Ok(FrameState {
+            user: (self.init)(w)?,
             reader,
             writer,
             next: 0,
-        }
+        })
     }
 
     fn call(&self, state: &mut Self::State, w: &WorkerInfo, seq: u64) -> Self::Output {

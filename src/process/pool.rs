@@ -66,8 +66,14 @@ pub trait Task: 'static {
     type State;
     /// What `exit` returns (collected by [`WorkerPool::shutdown`]).
     type ExitValue: Serialize + DeserializeOwned + 'static;
-    /// Runs once in each worker before its first task.
-    fn init(&self, worker: &WorkerInfo) -> Self::State;
+    /// Runs once in each worker before its first task. An `Err` (a ring or database that
+    /// cannot be reached) fails the pool's start with [`PoolError::InitFailed`], its message
+    /// and sources, without retrying; a panic is retried (up to 3 times in a row).
+    ///
+    /// # Errors
+    ///
+    /// Whatever keeps the worker from serving.
+    fn init(&self, worker: &WorkerInfo) -> Result<Self::State, BoxError>;
     /// Runs one task.
     fn call(
         &self,
@@ -79,7 +85,7 @@ pub trait Task: 'static {
     fn exit(&self, state: Self::State, worker: &WorkerInfo) -> Self::ExitValue;
 }
 
-type InitFn<S> = Arc<dyn Fn(&WorkerInfo) -> S + Send + Sync>;
+pub(crate) type InitFn<S> = Arc<dyn Fn(&WorkerInfo) -> Result<S, BoxError> + Send + Sync>;
 type ExitFn<S, E> = Arc<dyn Fn(&WorkerInfo, S) -> E + Send + Sync>;
 
 /// The [`Task`] of a pool built from closures (fork start method only).
@@ -108,7 +114,7 @@ where
     type Output = O;
     type State = S;
     type ExitValue = E;
-    fn init(&self, w: &WorkerInfo) -> S {
+    fn init(&self, w: &WorkerInfo) -> Result<S, BoxError> {
         (self.init)(w)
     }
     fn call(&self, s: &mut S, w: &WorkerInfo, i: I) -> O {
@@ -179,8 +185,10 @@ mod st {
     pub const NS_WORKING: usize = 6;
     pub const NS_WAITING: usize = 7;
     pub const NS_EXIT: usize = 8;
-    /// 1 once init has finished.
+    /// 1 once init has finished, [`INIT_FAILED`] if it returned an error.
     pub const READY: usize = 9;
+    /// Value of `READY` when init returned an error.
+    pub const INIT_FAILED: u64 = 2;
 }
 
 struct Status<'a> {
@@ -261,7 +269,14 @@ where
         s.set(st::PID, u64::from(sys::getpid()));
         capture_panics();
         let t = now();
-        let mut state = self.task.init(&self.info);
+        let mut state = match self.task.init(&self.info) {
+            Ok(state) => state,
+            Err(e) => {
+                // Told apart from a crash in init, which is retried: see `worker_died`.
+                s.set(st::READY, st::INIT_FAILED);
+                return Err(e);
+            }
+        };
         s.set(st::NS_INIT, ns(t));
         s.set(st::READY, 1);
         let mut done = 0u64;
@@ -445,8 +460,14 @@ impl Bar {
 }
 
 /// One map/imap/apply in progress.
+/// The inputs a job's tasks are made from: owned by the pool (an `apply_async` input), or
+/// kept by the caller's [`Imap`] (which may borrow them) and handed in by [`Inner::take`].
+type Inputs<'a, I> = Box<dyn Iterator<Item = I> + 'a>;
+
 struct Job<T: Task> {
-    feeder: Option<Box<dyn Iterator<Item = T::Input>>>,
+    feeder: Option<Inputs<'static, T::Input>>,
+    /// The caller's iterator (see [`Inputs`]) may still yield inputs.
+    external_open: bool,
     fed: u64,
     delivered: u64,
     chunk: usize,
@@ -459,7 +480,7 @@ struct Job<T: Task> {
 
 impl<T: Task> Job<T> {
     fn finished(&self) -> bool {
-        self.feeder.is_none() && self.delivered == self.fed
+        self.feeder.is_none() && !self.external_open && self.delivered == self.fed
     }
 }
 
@@ -702,12 +723,22 @@ impl<T: Task> Inner<T> {
         let current = self.status_of(w, st::CURRENT);
         let job = self.status_of(w, st::JOB);
         let ready = self.status_of(w, st::READY) == 1;
+        let init_failed = self.status_of(w, st::READY) == st::INIT_FAILED;
         let timeout = self.timeout;
         let slot = &mut self.slots[w];
         slot.proc = None;
         let timed_out = std::mem::take(&mut slot.timed_out);
         let in_flight: Vec<Chunk<T::Input>> = slot.in_flight.drain(..).collect();
         let clean = slot.exited && reason.is_success();
+        if init_failed {
+            // worker_init said why it cannot serve: retrying would say it again.
+            self.pending.extend(in_flight);
+            let message = match reason {
+                ExitReason::Failed { message } => message,
+                other => other.to_string(),
+            };
+            return Err(PoolError::InitFailed { worker: w, message });
+        }
         if !ready && !clean {
             slot.init_failures += 1;
             if slot.init_failures >= 3 {
@@ -880,9 +911,33 @@ impl<T: Task> Inner<T> {
         }
     }
 
+    /// Makes chunks of `job` from the caller's iterator into `pending`, up to the job's
+    /// outstanding limit (so an endless iterator is pulled lazily).
+    fn top_up(&mut self, job: u64, it: &mut Inputs<'_, T::Input>) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let limit = self.outstanding_limit(j);
+        loop {
+            let j = self.jobs.get_mut(&job).expect("checked");
+            if !j.external_open || j.fed - j.delivered >= limit {
+                return;
+            }
+            let items: Vec<T::Input> = it.by_ref().take(j.chunk).collect();
+            if items.len() < j.chunk {
+                j.external_open = false;
+            }
+            if items.is_empty() {
+                return;
+            }
+            let first = j.fed;
+            j.fed += items.len() as u64;
+            self.pending.push_back(Chunk { job, first, items });
+        }
+    }
+
+    /// A new job; `inputs: None` means the caller keeps them and hands them to `take`.
     fn new_job(
         &mut self,
-        inputs: Box<dyn Iterator<Item = T::Input>>,
+        inputs: Option<Inputs<'static, T::Input>>,
         len: Option<usize>,
         ordered: bool,
     ) -> u64 {
@@ -896,7 +951,8 @@ impl<T: Task> Inner<T> {
         self.jobs.insert(
             id,
             Job {
-                feeder: Some(inputs),
+                external_open: inputs.is_none(),
+                feeder: inputs,
                 fed: 0,
                 delivered: 0,
                 chunk,
@@ -916,8 +972,12 @@ impl<T: Task> Inner<T> {
         &mut self,
         job: u64,
         deadline: Option<Instant>,
+        mut inputs: Option<&mut Inputs<'_, T::Input>>,
     ) -> Result<Option<(u64, Ready<T::Output>)>, PoolError> {
         loop {
+            if let Some(it) = inputs.as_deref_mut() {
+                self.top_up(job, it);
+            }
             {
                 let Some(j) = self.jobs.get_mut(&job) else {
                     return Ok(None);
@@ -1078,7 +1138,9 @@ impl Task for NoTask {
     type Output = ();
     type State = ();
     type ExitValue = ();
-    fn init(&self, _: &WorkerInfo) {}
+    fn init(&self, _: &WorkerInfo) -> Result<(), BoxError> {
+        Ok(())
+    }
     fn call(&self, _: &mut (), _: &WorkerInfo, _: ()) {}
     fn exit(&self, _: (), _: &WorkerInfo) {}
 }
@@ -1099,7 +1161,7 @@ impl WorkerPool<NoTask> {
             progress: false,
             name: "shmflow-w".into(),
             allow_threads: None,
-            init: Arc::new(|_| ()),
+            init: Arc::new(|_| Ok(())),
             exit: None,
         }
     }
@@ -1109,9 +1171,10 @@ impl<S: 'static, E> PoolBuilder<S, E>
 where
     E: Serialize + DeserializeOwned + Default + 'static,
 {
-    /// Number of worker processes.
+    /// Number of worker processes (at least 1: `build` refuses 0 with
+    /// [`PoolError::InvalidSetting`]).
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n.max(1);
+        self.workers = n;
         self
     }
 
@@ -1148,9 +1211,11 @@ where
         self
     }
 
-    /// Tasks per chunk (default: automatic, about 8 chunks per worker for sized inputs).
+    /// Tasks per chunk (default: automatic, about 8 chunks per worker for sized inputs; 1
+    /// with a task timeout or for frame pools). At least 1: `build` refuses 0 with
+    /// [`PoolError::InvalidSetting`] (leave it unset for automatic chunking).
     pub fn chunk_size(mut self, n: usize) -> Self {
-        self.chunk_size = Some(n.max(1));
+        self.chunk_size = Some(n);
         self
     }
 
@@ -1186,11 +1251,40 @@ where
     }
 
     /// Runs in each worker before its first task; the value is the worker's state, passed as
-    /// `&mut S` to every task ("connect after fork"). Call before `worker_exit`.
+    /// `&mut S` to every task ("connect after fork"). Call before `worker_exit`. Use
+    /// [`try_worker_init`](PoolBuilder::try_worker_init) when it can fail.
     pub fn worker_init<S2, F>(self, f: F) -> PoolBuilder<S2, E>
     where
         F: Fn(&WorkerInfo) -> S2 + Send + Sync + 'static,
     {
+        self.with_init(Arc::new(move |w: &WorkerInfo| Ok(f(w))))
+    }
+
+    /// Like [`worker_init`](PoolBuilder::worker_init), for an init that can fail: an `Err`
+    /// fails the start (`start`, or the first `map`) with [`PoolError::InitFailed`], whose
+    /// message is the error and its sources, at once and without retries.
+    ///
+    /// ```
+    /// # if shmflow::process::thread_count() == 1 {
+    /// use shmflow::process::WorkerPool;
+    /// use shmflow::PoolError;
+    /// let pool = WorkerPool::builder()
+    ///     .workers(1)
+    ///     .try_worker_init(|_| std::fs::File::open("/nonexistent/db"))
+    ///     .build(|_file, _, x: u32| x)?;
+    /// assert!(matches!(pool.start(), Err(PoolError::InitFailed { .. })));
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_worker_init<S2, Er, F>(self, f: F) -> PoolBuilder<S2, E>
+    where
+        F: Fn(&WorkerInfo) -> Result<S2, Er> + Send + Sync + 'static,
+        Er: Into<BoxError>,
+    {
+        self.with_init(Arc::new(move |w: &WorkerInfo| f(w).map_err(Into::into)))
+    }
+
+    fn with_init<S2>(self, init: InitFn<S2>) -> PoolBuilder<S2, E> {
         PoolBuilder {
             workers: self.workers,
             wait: self.wait,
@@ -1203,7 +1297,7 @@ where
             progress: self.progress,
             name: self.name,
             allow_threads: self.allow_threads,
-            init: Arc::new(f),
+            init,
             exit: None,
         }
     }
@@ -1260,6 +1354,16 @@ where
         reexec: bool,
         spawn: fn(WorkerStart, Worker<T>) -> Result<Proc<T>, crate::process::error::SpawnError>,
     ) -> Result<WorkerPool<T>, PoolError> {
+        if self.workers == 0 {
+            return Err(PoolError::InvalidSetting(
+                "workers(0): a pool needs at least one worker".into(),
+            ));
+        }
+        if self.chunk_size == Some(0) {
+            return Err(PoolError::InvalidSetting(
+                "chunk_size(0): a chunk holds at least one task (leave chunk_size unset for automatic chunking)".into(),
+            ));
+        }
         let counters = Arc::new(
             Counters::create(POOL_STATUS_TAG, self.workers * STATUS_WORDS)
                 .map_err(|e| PoolError::Io(std::io::Error::other(e.to_string())))?,
@@ -1382,15 +1486,23 @@ impl<T: Task> WorkerPool<T> {
         }
     }
 
-    fn job<It>(&self, inputs: It, ordered: bool) -> u64
+    /// A job whose inputs the returned [`Imap`] keeps (so they may borrow).
+    fn job<'p, It>(&'p self, inputs: It, ordered: bool) -> Imap<'p, T>
     where
         It: IntoIterator<Item = T::Input>,
-        It::IntoIter: 'static,
+        It::IntoIter: 'p,
     {
         let it = inputs.into_iter();
         let (lo, hi) = it.size_hint();
         let len = (Some(lo) == hi).then_some(lo);
-        self.lock().new_job(Box::new(it), len, ordered)
+        let job = self.lock().new_job(None, len, ordered);
+        Imap {
+            pool: self,
+            job,
+            inputs: Box::new(it),
+            done: false,
+            buf: None,
+        }
     }
 
     /// Runs the task on every input and returns the outputs in input order.
@@ -1403,7 +1515,6 @@ impl<T: Task> WorkerPool<T> {
     pub fn map<It>(&self, inputs: It) -> Result<Vec<T::Output>, PoolError>
     where
         It: IntoIterator<Item = T::Input>,
-        It::IntoIter: 'static,
     {
         let mut it = self.imap(inputs);
         let mut out = Vec::new();
@@ -1441,7 +1552,6 @@ impl<T: Task> WorkerPool<T> {
     pub fn map_unordered<It>(&self, inputs: It) -> Result<Vec<(u64, T::Output)>, PoolError>
     where
         It: IntoIterator<Item = T::Input>,
-        It::IntoIter: 'static,
     {
         let mut out = Vec::new();
         let mut first_error: Option<TaskError> = None;
@@ -1466,33 +1576,21 @@ impl<T: Task> WorkerPool<T> {
     /// few chunks per worker ahead), so an endless input iterator works. Each item is the
     /// task's output or its [`TaskError`] (inside [`PoolError::Task`]); the pool goes on after
     /// a failed task. Dropping the iterator abandons the remaining tasks.
-    pub fn imap<It>(&self, inputs: It) -> Imap<'_, T>
+    pub fn imap<'p, It>(&'p self, inputs: It) -> Imap<'p, T>
     where
         It: IntoIterator<Item = T::Input>,
-        It::IntoIter: 'static,
+        It::IntoIter: 'p,
     {
-        let job = self.job(inputs, true);
-        Imap {
-            pool: self,
-            job,
-            done: false,
-            buf: None,
-        }
+        self.job(inputs, true)
     }
 
     /// Like [`imap`](WorkerPool::imap), in completion order, with each result's index.
-    pub fn imap_unordered<It>(&self, inputs: It) -> ImapUnordered<'_, T>
+    pub fn imap_unordered<'p, It>(&'p self, inputs: It) -> ImapUnordered<'p, T>
     where
         It: IntoIterator<Item = T::Input>,
-        It::IntoIter: 'static,
+        It::IntoIter: 'p,
     {
-        let job = self.job(inputs, false);
-        ImapUnordered(Imap {
-            pool: self,
-            job,
-            done: false,
-            buf: None,
-        })
+        ImapUnordered(self.job(inputs, false))
     }
 
     /// Runs one task and waits for its output.
@@ -1515,7 +1613,7 @@ impl<T: Task> WorkerPool<T> {
     {
         let job = self
             .lock()
-            .new_job(Box::new(SendOnce(Some(input))), Some(1), true);
+            .new_job(Some(Box::new(SendOnce(Some(input)))), Some(1), true);
         AsyncResult { pool: self, job }
     }
 
@@ -1599,6 +1697,8 @@ impl<I> Iterator for SendOnce<I> {
 pub struct Imap<'p, T: Task> {
     pool: &'p WorkerPool<T>,
     job: u64,
+    /// The inputs not yet made into chunks (pulled as results are taken).
+    inputs: Inputs<'p, T::Input>,
     done: bool,
     /// The chunk being handed out: index of its first task, and the results.
     buf: Option<(u64, Ready<T::Output>)>,
@@ -1622,7 +1722,10 @@ impl<T: Task> Imap<'_, T> {
         if self.done {
             return None;
         }
-        let r = self.pool.lock().take(self.job, None);
+        let r = self
+            .pool
+            .lock()
+            .take(self.job, None, Some(&mut self.inputs));
         match r {
             Ok(Some(chunk)) => {
                 self.buf = Some(chunk);
@@ -1692,7 +1795,7 @@ impl<T: Task> std::fmt::Debug for AsyncResult<'_, T> {
 
 impl<T: Task> AsyncResult<'_, T> {
     fn wait(&self, deadline: Option<Instant>) -> Result<T::Output, PoolError> {
-        let r = self.pool.lock().take(self.job, deadline);
+        let r = self.pool.lock().take(self.job, deadline, None);
         match r {
             Ok(Some((_, mut q))) => {
                 self.pool.lock().jobs.remove(&self.job);
