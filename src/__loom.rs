@@ -3,12 +3,16 @@
 //! `tests/loom.rs` drives the same index and slot-state code that real rings run, with loom's
 //! atomics. Each slot also gets a shadow `loom::cell::UnsafeCell` that writers write while they
 //! own the slot and readers read while they hold it: loom reports any access to it that the
-//! protocol does not order, which is exactly a torn frame.
+//! protocol does not order, which is exactly a torn frame. [`HeldReader`] runs the reader's
+//! held set (`ring::protocol::held`) for models of a reader holding several frames at once.
 
 use loom::cell::UnsafeCell;
+use loom::sync::Mutex;
 
 use crate::array::DType;
+use crate::primitive::Ordering::SeqCst;
 use crate::ring::layout::{Backpressure, Layout, Mode};
+use crate::ring::protocol::held::HeldSet;
 use crate::ring::protocol::{Grant, Role};
 use crate::ring::shared::Shared;
 
@@ -106,6 +110,25 @@ impl HeapRing {
     pub fn q_release(&self, r: usize, g: G) {
         self.shared.q_release(r, grant(g))
     }
+    /// Attaches a broadcast reader for `pid` that may hold up to `max_held` frames at once
+    /// (lossless in a block ring, pinning in a drop-oldest one).
+    pub fn attach_held_reader(&self, pid: u32, max_held: u32) -> HeldReader {
+        let (r, g) = self.shared.claim_peer(Role::Reader, pid, 0).unwrap();
+        let next = self
+            .shared
+            .attach_reader_with(r, pid, g, false, max_held)
+            .unwrap();
+        HeldReader {
+            r,
+            max_held,
+            pinning: self.shared.pins_frames(r),
+            state: Mutex::new((HeldSet::default(), next)),
+        }
+    }
+    /// Reader `r`'s published cursor (a `SeqCst` load, as the writer makes it).
+    pub fn cursor(&self, r: usize) -> u64 {
+        self.shared.peer(r).cursor.load(SeqCst)
+    }
     /// Reclaims peer `i` as if its process had died.
     pub fn kill(&self, i: usize) -> bool {
         let s = self
@@ -128,5 +151,69 @@ impl HeapRing {
             // SAFETY: loom tracks this access and fails the model if it races.
             unsafe { *p }
         })
+    }
+}
+
+/// A broadcast reader that may hold several frames at once, driven as `ring::reader` drives
+/// one: its [`HeldSet`] and `next` behind a (loom) mutex, each acquire outside it.
+pub struct HeldReader {
+    r: usize,
+    max_held: u32,
+    pinning: bool,
+    state: Mutex<(HeldSet, u64)>,
+}
+
+impl std::fmt::Debug for HeldReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldReader")
+            .field("index", &self.r)
+            .finish()
+    }
+}
+
+/// A frame a [`HeldReader`] holds, with its pin; `Send`, as `ReadSlot` is.
+#[derive(Debug)]
+pub struct HeldFrame {
+    /// The frame's grant.
+    pub grant: G,
+    pin: Option<usize>,
+}
+
+/// The reader already holds `max_held` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyHeld;
+
+impl HeldReader {
+    /// The reader's index in the peer table.
+    pub fn index(&self) -> usize {
+        self.r
+    }
+    /// The next frame, if one is committed (as `Reader::try_recv`).
+    pub fn try_recv(&self, ring: &HeapRing) -> Result<Option<HeldFrame>, TooManyHeld> {
+        let s = &ring.shared;
+        let (pin, next) = {
+            let mut st = self.state.lock().unwrap();
+            let (h, next) = &mut *st;
+            let pin = h.begin(self.max_held, self.pinning);
+            (pin.map_err(|_| TooManyHeld)?, *next)
+        };
+        let Some(g) = s.bcast_try_acquire(self.r, next, pin) else {
+            self.state.lock().unwrap().0.abandon(pin);
+            return Ok(None);
+        };
+        let mut st = self.state.lock().unwrap();
+        let (h, next) = &mut *st;
+        *next = s.held_granted(self.r, h, g, *next);
+        Ok(Some(HeldFrame {
+            grant: tuple(g),
+            pin,
+        }))
+    }
+    /// Gives a held frame back (as dropping its `ReadSlot`), on any thread.
+    pub fn release(&self, ring: &HeapRing, f: HeldFrame) {
+        let mut st = self.state.lock().unwrap();
+        let (h, next) = &mut *st;
+        ring.shared
+            .held_release(self.r, h, grant(f.grant), f.pin, *next);
     }
 }

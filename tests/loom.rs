@@ -7,15 +7,17 @@
 //! under a reader, and loom itself fails the model on any access to a shadow cell that the
 //! protocol does not order (a torn frame).
 //!
-//! The models are kept small (a few frames, two slots, a preemption bound) so that the whole
-//! file runs in minutes. `LOOM_MAX_PREEMPTIONS` overrides the bound for a deeper run.
+//! The models are kept small (a few frames, two or three slots, a preemption bound) so that
+//! the whole file runs in minutes. The last two models drive a reader that holds two frames at
+//! once through `shmflow::__loom::HeldReader`, the reader's held set behind a loom mutex.
+//! `LOOM_MAX_PREEMPTIONS` overrides the bound for a deeper run.
 #![cfg(loom)]
 
 use std::sync::Arc;
 
-use loom::sync::atomic::{AtomicBool, Ordering::*};
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use loom::thread;
-use shmflow::__loom::{HeapRing, G};
+use shmflow::__loom::{HeapRing, HeldFrame, HeldReader, TooManyHeld, G};
 
 /// A model builder with a preemption bound of `bound` unless `LOOM_MAX_PREEMPTIONS` says
 /// otherwise.
@@ -399,5 +401,265 @@ fn queue_killed_reader_frees_its_slot() {
             seqs.extend(q_try_read(&ring, live));
         }
         check_exactly_once(seqs, &[1]);
+    });
+}
+
+/// A ring with one reader that holds several frames at once ([`HeldReader`], the reader's
+/// held set), and a record of what it holds: `marks[slot]` is `seq + 1` from the moment frame
+/// `seq` in `slot` is received until just before it is released (0 otherwise). A writer that
+/// reserves a slot whose mark is set has been handed a slot a held frame still points at:
+/// the release that clears a mark happens before the cursor store or unpin that lets the
+/// writer take the slot, so a correct protocol never shows the writer a set mark.
+struct HeldModel {
+    ring: HeapRing,
+    reader: HeldReader,
+    marks: Vec<AtomicU64>,
+}
+
+impl HeldModel {
+    fn new(mode: &str, slots: u32, max_held: u32) -> (HeldModel, usize) {
+        let ring = HeapRing::new(mode, slots, 1, 1);
+        let w = ring.attach_writer(1);
+        let reader = ring.attach_held_reader(2, max_held);
+        let marks = (0..slots).map(|_| AtomicU64::new(0)).collect();
+        (
+            HeldModel {
+                ring,
+                reader,
+                marks,
+            },
+            w,
+        )
+    }
+
+    fn cursor(&self) -> u64 {
+        self.ring.cursor(self.reader.index())
+    }
+
+    /// Receives one frame if one is committed, checks its payload and marks its slot held.
+    fn hold(&self) -> Result<Option<HeldFrame>, TooManyHeld> {
+        let Some(f) = self.reader.try_recv(&self.ring)? else {
+            return Ok(None);
+        };
+        let (slot, seq, _) = f.grant;
+        assert_eq!(self.ring.read_payload(slot), seq, "frame {seq} torn");
+        self.marks[slot].store(seq + 1, SeqCst);
+        Ok(Some(f))
+    }
+
+    /// Releases a held frame (on whatever thread this is): its payload must still be intact,
+    /// and the release must not move the published cursor backwards.
+    fn give_back(&self, f: HeldFrame) {
+        let (slot, seq, _) = f.grant;
+        assert_eq!(
+            self.ring.read_payload(slot),
+            seq,
+            "frame {seq} overwritten while held"
+        );
+        let before = self.cursor();
+        self.marks[slot].store(0, SeqCst);
+        self.reader.release(&self.ring, f);
+        let after = self.cursor();
+        assert!(
+            after >= before,
+            "releasing frame {seq} moved the cursor back from {before} to {after}"
+        );
+    }
+
+    /// Writes one frame, retrying a refused reservation `TRIES` times (`None`: still
+    /// refused), asserting that the slot it gets is not marked held and that the reader's
+    /// cursor, as the writer sees it, never goes back.
+    fn try_write(&self, w: usize, seen: &mut u64) -> Option<u64> {
+        let mut tries = 0;
+        let g = loop {
+            let c = self.cursor();
+            assert!(
+                c >= *seen,
+                "the reader's cursor went back from {seen} to {c}"
+            );
+            *seen = c;
+            match self.ring.bcast_try_reserve(w) {
+                Some(g) => break g,
+                None if tries == TRIES => return None,
+                None => {
+                    tries += 1;
+                    thread::yield_now();
+                }
+            }
+        };
+        let mark = self.marks[g.0].load(SeqCst);
+        assert_eq!(
+            mark,
+            0,
+            "writer reserved slot {} for frame {} while frame {} is held there",
+            g.0,
+            g.1,
+            mark.wrapping_sub(1)
+        );
+        self.ring.write_payload(g.0, g.1);
+        self.ring.bcast_commit(w, g);
+        Some(g.1)
+    }
+
+    /// The writer thread of both models: frames `first..frames`, each retried `TRIES` times;
+    /// returns the first frame it could not write (`frames` if it wrote them all).
+    fn writer(&self, w: usize, first: u64, frames: u64) -> u64 {
+        let mut seen = 0;
+        for expect in first..frames {
+            match self.try_write(w, &mut seen) {
+                Some(seq) => assert_eq!(seq, expect),
+                None => return expect,
+            }
+        }
+        frames
+    }
+
+    /// Receives, checks (`check(next, seq, extra)`) and releases frames from `next` on until
+    /// `TRIES` attempts in a row get none (nothing committed, or other threads hold
+    /// `max_held` frames); returns the reader's next sequence.
+    fn read(&self, mut next: u64, check: impl Fn(u64, u64, u64)) -> u64 {
+        let mut idle = 0;
+        while idle < TRIES {
+            match self.hold() {
+                Ok(Some(f)) => {
+                    let (_, seq, extra) = f.grant;
+                    check(next, seq, extra);
+                    self.give_back(f);
+                    next = seq + 1;
+                    idle = 0;
+                }
+                // Nothing committed yet, or the other threads still hold max_held frames.
+                _ => {
+                    idle += 1;
+                    thread::yield_now();
+                }
+            }
+        }
+        next
+    }
+
+    /// Alone after the other threads are joined (nothing held elsewhere): reads what is left,
+    /// writes the frames the writer thread could not (`written..frames`, each granted at
+    /// once now), and reads them too (checked as in [`HeldModel::read`]); returns the
+    /// reader's next sequence.
+    fn finish(
+        &self,
+        w: usize,
+        mut written: u64,
+        frames: u64,
+        mut next: u64,
+        check: impl Fn(u64, u64, u64),
+    ) -> u64 {
+        let mut seen = 0;
+        loop {
+            while let Some(f) = self.hold().expect("nothing is held any more") {
+                let (_, seq, extra) = f.grant;
+                check(next, seq, extra);
+                self.give_back(f);
+                next = seq + 1;
+            }
+            if written == frames {
+                return next;
+            }
+            assert_eq!(
+                self.try_write(w, &mut seen),
+                Some(written),
+                "a reader that released everything leaves room"
+            );
+            written += 1;
+        }
+    }
+
+    /// The setup of both held-frame models, on one thread before any other runs: frames 0 and
+    /// 1 written and both received, so the reader holds `max_held` = 2 frames; a third
+    /// receive is refused at once.
+    fn hold_two(&self, w: usize) -> (HeldFrame, HeldFrame) {
+        assert_eq!(
+            self.writer(w, 0, 2),
+            2,
+            "two empty slots take frames 0 and 1"
+        );
+        let a = self.hold().unwrap().expect("frame 0 is committed");
+        let b = self.hold().unwrap().expect("frame 1 is committed");
+        assert_eq!((a.grant.1, b.grant.1), (0, 1));
+        assert_eq!(
+            self.hold().err(),
+            Some(TooManyHeld),
+            "a third frame held with max_held 2"
+        );
+        (a, b)
+    }
+}
+
+/// Lossless broadcast, a reader holding two frames at once (max_held 2, three slots): frames
+/// 0 and 1 are held and released in either order by two other threads, while the writer
+/// writes frames 2..=4 and the reader receives them. The writer must wait for frame 0's
+/// release before it reuses a slot (the cursor is the lowest frame held, so releasing frame 1
+/// first frees nothing), never reserves a slot a held frame is in, the cursor never moves
+/// backwards, and the reader gets every frame in order.
+#[test]
+fn broadcast_block_two_held_released_on_two_threads() {
+    const FRAMES: u64 = 5;
+    builder(2).check(|| {
+        let (m, w) = HeldModel::new("block", 3, 2);
+        let m = Arc::new(m);
+        let (a, b) = m.hold_two(w);
+        assert_eq!(m.cursor(), 0, "the cursor is the lowest frame held");
+        let writer = {
+            let m = m.clone();
+            thread::spawn(move || m.writer(w, 2, FRAMES))
+        };
+        let releasers = [a, b].map(|f| {
+            let m = m.clone();
+            thread::spawn(move || m.give_back(f))
+        });
+        let lossless = |next: u64, seq: u64, extra: u64| {
+            assert_eq!((seq, extra), (next, 0), "lossless reader skipped frames");
+        };
+        let next = m.read(2, lossless);
+        let written = writer.join().unwrap();
+        for t in releasers {
+            t.join().unwrap();
+        }
+        assert_eq!(m.finish(w, written, FRAMES, next, lossless), FRAMES);
+        assert_eq!(m.cursor(), FRAMES, "everything released");
+        assert!(matches!(m.hold(), Ok(None)), "no frame beyond the last");
+    });
+}
+
+/// Live (drop-oldest) broadcast, a reader pinning two frames at once (max_held 2, three
+/// slots): frames 0 and 1 are pinned and released in either order by two other threads
+/// (freeing pins the reader reuses for the frames it receives meanwhile), while the writer
+/// writes frames 2 and 3 (frame 3's natural slot, 0, holds pinned frame 0 unless that was
+/// released first). The writer never reserves a slot a pinned frame is in, the cursor
+/// never moves backwards, the reader's sequences increase with `extra` the gap, and the
+/// newest frame arrives.
+#[test]
+fn broadcast_drop_oldest_two_pinned_frames() {
+    const FRAMES: u64 = 4;
+    builder(2).check(|| {
+        let (m, w) = HeldModel::new("drop-oldest", 3, 2);
+        let m = Arc::new(m);
+        let (a, b) = m.hold_two(w);
+        let writer = {
+            let m = m.clone();
+            thread::spawn(move || m.writer(w, 2, FRAMES))
+        };
+        let releasers = [a, b].map(|f| {
+            let m = m.clone();
+            thread::spawn(move || m.give_back(f))
+        });
+        let live = |next: u64, seq: u64, extra: u64| {
+            assert!(seq >= next, "sequence went back: {seq} after {next}");
+            assert_eq!(extra, seq - next, "missed count is not the gap");
+        };
+        let next = m.read(2, live);
+        let written = writer.join().unwrap();
+        for t in releasers {
+            t.join().unwrap();
+        }
+        let next = m.finish(w, written, FRAMES, next, live);
+        assert_eq!(next, FRAMES, "the newest frame is never dropped");
+        assert_eq!(m.cursor(), FRAMES);
     });
 }
