@@ -17,7 +17,15 @@
 //!   the slot to reuse); drop-oldest: the writer gets `Full` only when readers hold every
 //!   slot, and never takes a slot a reader holds.
 //!
-//! Cases per mode: 256 (or `PROPTEST_CASES`).
+//! A second simulation ([`HeldSim`]) runs one broadcast reader holding up to `max_held`
+//! (1..=4) frames at once, through its [`HeldSet`] as `ring::reader` does, beside a writer:
+//! random receives, "latest" receives, releases in any order, skips to the latest frame and
+//! writes. A receive beyond `max_held` is refused (`TooManyHeld`) and only then; the published
+//! cursor never moves backwards, and it is `min(held ∪ {next})` for a lossless reader and
+//! `next` for a pinning one (whose pins name exactly the frames it holds); the writer never
+//! takes a held frame's slot, and a lossless reader's plain receive never skips a frame.
+//!
+//! Cases per property: 256 (or `PROPTEST_CASES`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,9 +34,10 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 use super::layout::{Backpressure, Layout, Mode};
-use super::protocol::{peer_gen, peer_pid, peer_status, ps};
+use super::protocol::held::{HeldSet, TooManyHeld};
+use super::protocol::{peer_gen, peer_pid, peer_status, pin_value, ps};
 use super::protocol::{Blocked, Grant, Role};
-use super::shared::Shared;
+use super::shared::{Shared, MAX_PINS};
 use crate::array::DType;
 use crate::primitive::Ordering::Relaxed;
 
@@ -684,6 +693,285 @@ fn run(mode: Mode, slots: u32, readers: u32, writers: u32, ops: &[Op]) {
     sim.drain();
 }
 
+/// One step of [`HeldSim`]. `Release(k)` picks the k-th held frame (modulo their number), so
+/// frames are released in any order.
+#[derive(Debug, Clone, Copy)]
+enum HeldOp {
+    /// The writer reserves, fills and commits one frame, if the ring lets it.
+    Write,
+    /// `Reader::try_recv`.
+    Recv,
+    /// `Reader::try_recv_latest`.
+    RecvLatest,
+    /// Drops the guard of a held frame.
+    Release(usize),
+    /// `Reader::skip_to_latest`.
+    SkipToLatest,
+}
+
+fn held_op() -> impl Strategy<Value = HeldOp> {
+    prop_oneof![
+        6 => Just(HeldOp::Write),
+        5 => Just(HeldOp::Recv),
+        2 => Just(HeldOp::RecvLatest),
+        5 => (0usize..4).prop_map(HeldOp::Release),
+        1 => Just(HeldOp::SkipToLatest),
+    ]
+}
+
+/// `max_held` in 1..=4 and a slot count it is allowed with (`max_held ≤ max(N − 1, 1)`, as
+/// `ReaderBuilder::attach` checks), up to two slots more.
+fn held_shape() -> impl Strategy<Value = (u32, u32)> {
+    (1u32..=4).prop_flat_map(|m| (Just(m), if m == 1 { 1 } else { m + 1 }..=m + 2))
+}
+
+/// One broadcast reader holding up to `max_held` frames, driven as `ring::reader` drives it
+/// (its `next`, its [`HeldSet`] and the `Shared::held_*` calls), and one writer.
+struct HeldSim {
+    s: Shared,
+    w: usize,
+    r: usize,
+    max_held: u32,
+    /// Drop-oldest and lossy readers pin their frames; the others are lossless.
+    pinning: bool,
+    h: HeldSet,
+    next: u64,
+    /// The frames held, with their pins, in the order received.
+    held: Vec<(Grant, Option<usize>)>,
+    /// The cursor published after the previous step.
+    cursor: u64,
+}
+
+impl HeldSim {
+    fn new(mode: Mode, slots: u32, max_held: u32, lossy: bool) -> HeldSim {
+        let layout = Layout::compute(DType::U8, &[8], slots, mode, 1, 1).unwrap();
+        let s = Shared::heap(layout);
+        let (w, g) = s.claim_peer(Role::Writer, 1, 0).unwrap();
+        s.attach_writer(w, 1, g);
+        let (r, g) = s.claim_peer(Role::Reader, 2, 0).unwrap();
+        let lossy = lossy && mode == Mode::Broadcast(Backpressure::Block);
+        let next = s.attach_reader_with(r, 2, g, lossy, max_held).unwrap();
+        let pinning = s.pins_frames(r);
+        assert_eq!(
+            pinning,
+            lossy || mode == Mode::Broadcast(Backpressure::DropOldest)
+        );
+        HeldSim {
+            s,
+            w,
+            r,
+            max_held,
+            pinning,
+            h: HeldSet::default(),
+            next,
+            held: Vec::new(),
+            cursor: next,
+        }
+    }
+
+    fn write_seq(&self) -> u64 {
+        self.s.control().write_seq.v.load(Relaxed)
+    }
+
+    fn step(&mut self, op: HeldOp) {
+        match op {
+            HeldOp::Write => self.write(),
+            HeldOp::Recv => self.recv(false),
+            HeldOp::RecvLatest => self.recv(true),
+            HeldOp::Release(k) => {
+                if let Some(i) = pick(&self.held, k) {
+                    self.release(i);
+                }
+            }
+            HeldOp::SkipToLatest => self.skip_to_latest(),
+        }
+        self.check();
+    }
+
+    fn write(&mut self) {
+        let g = match self.s.bcast_try_reserve(self.w) {
+            Ok(g) => g,
+            Err(Blocked::Full) => {
+                // Pinning readers: refused only when every slot is pinned (max_held = N = 1).
+                // A lossless reader that holds nothing and has read everything holds the
+                // writer back from no slot.
+                let slots = self.s.layout.slot_count as usize;
+                assert!(
+                    !self.pinning || self.held.len() == slots,
+                    "writer refused, {} of {slots} slots pinned",
+                    self.held.len()
+                );
+                assert!(
+                    self.pinning || !self.held.is_empty() || self.next < self.write_seq(),
+                    "writer refused by a lossless reader that holds nothing and is caught up"
+                );
+                return;
+            }
+            Err(Blocked::Exhausted) => panic!("sequence space exhausted"),
+        };
+        assert!(
+            self.held.iter().all(|(h, _)| h.slot != g.slot),
+            "writer granted slot {} for frame {}, a held frame's slot",
+            g.slot,
+            g.seq
+        );
+        fill(&self.s, g.slot, g.seq);
+        self.s.bcast_commit(self.w, g);
+    }
+
+    /// `Reader::try_recv` (`latest`: `try_recv_latest`): `begin`, the acquire from `next` (or
+    /// from the newest frame), then `held_granted` or `abandon`.
+    fn recv(&mut self, latest: bool) {
+        let before = self.h.count();
+        let pin = match self.h.begin(self.max_held, self.pinning) {
+            Err(TooManyHeld) => {
+                assert_eq!(before, self.max_held, "refused below max_held");
+                assert_eq!(
+                    self.h.count(),
+                    before,
+                    "a refused receive changed the count"
+                );
+                return;
+            }
+            Ok(pin) => pin,
+        };
+        assert!(
+            before < self.max_held,
+            "a receive beyond max_held was allowed"
+        );
+        assert_eq!(pin.is_some(), self.pinning);
+        if let Some(p) = pin {
+            assert!(p < self.max_held as usize, "pin {p} beyond max_held");
+            assert!(
+                self.held.iter().all(|&(_, q)| q != Some(p)),
+                "pin {p} given to two frames"
+            );
+        }
+        let w = self.write_seq();
+        let mut from = self.next;
+        if latest && w > from + 1 {
+            from = w - 1;
+        }
+        let Some(mut g) = self.s.bcast_try_acquire(self.r, from, pin) else {
+            assert!(from >= w, "frame {from} is committed but was not received");
+            self.h.abandon(pin);
+            assert_eq!(self.h.count(), before, "abandon undoes begin");
+            return;
+        };
+        g.extra = g.seq - self.next;
+        assert!(g.seq >= from, "received frame {} before {from}", g.seq);
+        if !self.pinning && !latest {
+            assert_eq!(
+                (g.seq, g.extra),
+                (self.next, 0),
+                "lossless reader has a gap"
+            );
+        }
+        assert_eq!(payload(&self.s, g.slot), g.seq, "frame {} torn", g.seq);
+        let next = self.s.held_granted(self.r, &mut self.h, g, self.next);
+        assert_eq!(next, g.seq + 1);
+        self.next = next;
+        self.held.push((g, pin));
+    }
+
+    fn release(&mut self, i: usize) {
+        let (g, pin) = self.held.remove(i);
+        assert_eq!(
+            payload(&self.s, g.slot),
+            g.seq,
+            "frame {} overwritten while held",
+            g.seq
+        );
+        self.s.held_release(self.r, &mut self.h, g, pin, self.next);
+    }
+
+    /// `Reader::skip_to_latest`: `next` jumps to `write_seq`, the cursor is published.
+    fn skip_to_latest(&mut self) {
+        let w = self.write_seq();
+        if w > self.next {
+            self.next = w;
+            self.s.held_publish(self.r, &self.h, self.next);
+        }
+    }
+
+    fn check(&mut self) {
+        let e = self.s.peer(self.r);
+        let n = self.held.len() as u32;
+        assert!(
+            n <= self.max_held,
+            "{n} frames held, max_held {}",
+            self.max_held
+        );
+        assert_eq!(self.h.count(), n, "HeldSet count");
+        assert_eq!(e.held.load(Relaxed), u64::from(n), "the entry's held");
+        let cursor = e.cursor.load(Relaxed);
+        assert!(
+            cursor >= self.cursor,
+            "cursor went back from {} to {cursor}",
+            self.cursor
+        );
+        self.cursor = cursor;
+        if self.pinning {
+            assert_eq!(cursor, self.next, "a pinning reader publishes next");
+            for p in 0..MAX_PINS {
+                let want = self
+                    .held
+                    .iter()
+                    .find(|&&(_, q)| q == Some(p))
+                    .map_or(0, |(g, _)| pin_value(g.slot, g.seq));
+                assert_eq!(e.pins[p].load(Relaxed), want, "pin {p}");
+            }
+        } else {
+            let floor = self
+                .held
+                .iter()
+                .map(|(g, _)| g.seq)
+                .fold(self.next, u64::min);
+            assert_eq!(cursor, floor, "a lossless cursor is min(held ∪ {{next}})");
+            assert_eq!(self.h.floor(self.next), floor);
+        }
+        for (g, _) in &self.held {
+            assert_eq!(
+                payload(&self.s, g.slot),
+                g.seq,
+                "held frame {} overwritten",
+                g.seq
+            );
+        }
+    }
+
+    /// Releases what is still held (newest first) and reads to the end; a lossless reader
+    /// then has its cursor at `write_seq`.
+    fn drain(&mut self) {
+        while let Some(i) = self.held.len().checked_sub(1) {
+            self.release(i);
+            self.check();
+        }
+        loop {
+            self.recv(false);
+            self.check();
+            match self.held.len() {
+                0 => break,
+                _ => {
+                    self.release(0);
+                    self.check();
+                }
+            }
+        }
+        assert_eq!(self.next, self.write_seq(), "frames left unread");
+        assert_eq!(self.cursor, self.write_seq());
+    }
+}
+
+fn run_held(mode: Mode, (max_held, slots): (u32, u32), lossy: bool, ops: &[HeldOp]) {
+    let mut sim = HeldSim::new(mode, slots, max_held, lossy);
+    sim.check();
+    for &op in ops {
+        sim.step(op);
+    }
+    sim.drain();
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -713,6 +1001,20 @@ proptest! {
         ops in vec(op(), 1..150),
     ) {
         run(Mode::Queue, slots, readers, writers, &ops);
+    }
+
+    #[test]
+    fn held_set_block(
+        shape in held_shape(),
+        lossy in any::<bool>(),
+        ops in vec(held_op(), 1..120),
+    ) {
+        run_held(Mode::Broadcast(Backpressure::Block), shape, lossy, &ops);
+    }
+
+    #[test]
+    fn held_set_drop_oldest(shape in held_shape(), ops in vec(held_op(), 1..120)) {
+        run_held(Mode::Broadcast(Backpressure::DropOldest), shape, false, &ops);
     }
 }
 
