@@ -514,6 +514,76 @@ fn frame_tasks_release_their_frame_and_report_gone_frames() {
     drop(w);
 }
 
+/// Issue 11 finding: frames written before `start()` made each of their tasks wait 10 s and
+/// fail with `Timeout` (the docs promise `Gone`). A worker's reader now knows where it
+/// attached, so those tasks fail at once with `Gone`; the frame wait is a setting
+/// (`frame_wait`); and `worker_exit` runs for frame pools.
+fn frames_written_before_start_are_gone_at_once() {
+    use shmflow::process::FrameError;
+    use shmflow::{Backpressure, Mode, Ring};
+    let input = format!("t-frames-early-{}", std::process::id());
+    let ring = Ring::<u8>::create(&input)
+        .shape([16])
+        .slots(8)
+        .max_readers(2)
+        .mode(Mode::Broadcast(Backpressure::Block))
+        .build()
+        .unwrap();
+    let mut w = ring.writer().unwrap();
+    for seq in 0..3u64 {
+        let mut s = w.reserve_timeout(Duration::from_secs(10)).unwrap();
+        s.as_mut_slice().fill(seq as u8);
+        s.commit();
+    }
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .frame_wait(Duration::from_millis(200))
+        .worker_init(|w| w.id as u64 * 100)
+        .worker_exit(|_, tasks_seen: u64| tasks_seen)
+        .build_frames::<u8, u8, u64, _>(&input, None, |seen: &mut u64, _, frame, _| {
+            *seen += 1;
+            frame.iter().map(|&b| u64::from(b)).sum()
+        })
+        .unwrap();
+    pool.start().unwrap();
+    let t = Instant::now();
+    let early = pool.map(0..3u64).unwrap();
+    assert!(
+        early
+            .iter()
+            .all(|r| matches!(r, Err(FrameError::Gone { next: 3 }))),
+        "{early:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Frame 3 never comes: the configured frame wait, not 10 s.
+    let t = Instant::now();
+    assert_eq!(
+        pool.map([3u64]).unwrap(),
+        vec![Err(FrameError::Timeout(Duration::from_millis(200)))]
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Frames written now (seq 3 and 4) arrive.
+    for fill in [3u8, 4] {
+        let mut s = w.reserve_timeout(Duration::from_secs(10)).unwrap();
+        s.as_mut_slice().fill(fill);
+        s.commit();
+    }
+    assert_eq!(pool.map([4u64]).unwrap(), vec![Ok(64)]);
+    let mut exits = pool.shutdown();
+    exits.sort_unstable();
+    assert_eq!(exits.len(), 2, "worker_exit ran in both frame workers");
+    assert!(exits[0] < 100 && exits[1] >= 100, "{exits:?}");
+    drop(w);
+}
+
 /// Issue 11 finding: `worker_init` could not return an error, so a failed connection had to
 /// panic and was retried three times. Now an `Err` fails the start at once, with its cause.
 fn worker_init_error_fails_the_start_at_once_with_its_cause() {
@@ -646,6 +716,10 @@ fn main() {
         (
             "map_accepts_borrowed_iterators",
             map_accepts_borrowed_iterators,
+        ),
+        (
+            "frames_written_before_start_are_gone_at_once",
+            frames_written_before_start_are_gone_at_once,
         ),
         (
             "zero_chunk_size_and_zero_workers_are_errors",

@@ -23,7 +23,7 @@ use ndarray::IxDyn;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::pool::{InitFn, PoolBuilder, Task, WorkerInfo, WorkerPool};
+use super::pool::{ExitFn, InitFn, PoolBuilder, Task, WorkerInfo, WorkerPool};
 use super::spawn::BoxError;
 use crate::array::Element;
 use crate::process::error::PoolError;
@@ -52,7 +52,8 @@ pub enum FrameError {
     /// The worker's reader failed otherwise (the message says how).
     #[error("the input ring's reader failed: {0}")]
     Reader(String),
-    /// No frame arrived within the pool's frame wait (see `frame_wait`).
+    /// No frame arrived within the pool's frame wait
+    /// ([`PoolBuilder::frame_wait`](super::PoolBuilder::frame_wait)).
     #[error("no frame arrived within {0:?}")]
     Timeout(Duration),
 }
@@ -78,16 +79,17 @@ impl<T: Element, U: Element, S> std::fmt::Debug for FrameState<T, U, S> {
 type FrameFn<T, U, S, R> =
     dyn Fn(&mut S, &WorkerInfo, &ReadSlot<T, IxDyn>, Option<&mut WriteSlot<U, IxDyn>>) -> R;
 
-/// The [`Task`] of a frame pool.
-pub struct FrameTask<T: Element, U: Element, S, R> {
+/// The [`Task`] of a frame pool (`E`: what `worker_exit` returns).
+pub struct FrameTask<T: Element, U: Element, S, R, E = ()> {
     input: String,
     output: Option<String>,
     wait: Duration,
     init: InitFn<S>,
+    exit: Option<ExitFn<S, E>>,
     f: Box<FrameFn<T, U, S, R>>,
 }
 
-impl<T: Element, U: Element, S, R> std::fmt::Debug for FrameTask<T, U, S, R> {
+impl<T: Element, U: Element, S, R, E> std::fmt::Debug for FrameTask<T, U, S, R, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrameTask")
             .field("input", &self.input)
@@ -96,8 +98,9 @@ impl<T: Element, U: Element, S, R> std::fmt::Debug for FrameTask<T, U, S, R> {
     }
 }
 
-impl<T, U, S, R> Task for FrameTask<T, U, S, R>
+impl<T, U, S, R, E> Task for FrameTask<T, U, S, R, E>
 where
+    E: Serialize + DeserializeOwned + Default + 'static,
     T: Element,
     U: Element,
     S: 'static,
@@ -106,7 +109,7 @@ where
     type Input = u64;
     type Output = Result<R, FrameError>;
     type State = FrameState<T, U, S>;
-    type ExitValue = ();
+    type ExitValue = E;
 
     fn init(&self, w: &WorkerInfo) -> Result<Self::State, BoxError> {
         let ctx = |what: &str, name: &str, e: &dyn std::fmt::Display| -> BoxError {
@@ -127,9 +130,10 @@ where
         };
         Ok(FrameState {
             user: (self.init)(w)?,
+            // Frames committed before this reader attached never reach it.
+            next: reader.next_seq(),
             reader,
             writer,
-            next: 0,
         })
     }
 
@@ -139,12 +143,17 @@ where
         self.frame(state, w, seq)
     }
 
-    fn exit(&self, state: Self::State, _w: &WorkerInfo) {
-        drop(state);
+    fn exit(&self, state: Self::State, w: &WorkerInfo) -> E {
+        // The rings detach first: the exit hook sees only the user's state.
+        let FrameState { user, .. } = state;
+        match &self.exit {
+            Some(f) => f(w, user),
+            None => E::default(),
+        }
     }
 }
 
-impl<T, U, S, R> FrameTask<T, U, S, R>
+impl<T, U, S, R, E> FrameTask<T, U, S, R, E>
 where
     T: Element,
     U: Element,
@@ -210,8 +219,11 @@ where
     /// [`WorkerPool::start`] before the producer writes frame 0. A task whose frame went by
     /// returns [`FrameError::Gone`]; one whose frame never comes, [`FrameError::Disconnected`].
     ///
-    /// `worker_exit` hooks are not run for frame pools. Each task waits at most 10 s for its
-    /// frame (see [`FrameError::Timeout`]). Unless [`chunk_size`](PoolBuilder::chunk_size) is
+    /// `worker_exit` hooks run (after the worker's rings detach) and their values come back
+    /// from [`WorkerPool::shutdown`]. Each task waits at most
+    /// [`frame_wait`](PoolBuilder::frame_wait) (10 s by default) for its frame (see
+    /// [`FrameError::Timeout`]). A task for a frame committed before its worker attached fails
+    /// at once with [`FrameError::Gone`]. Unless [`chunk_size`](PoolBuilder::chunk_size) is
     /// set, tasks go one per chunk. With an output ring, at most `slots - 1` tasks (of the
     /// output ring) are in flight at once (see [`PoolBuilder::max_in_flight`]): every task's
     /// output fits even while the caller waits for an earlier one, so an ordered `imap` that
@@ -228,7 +240,7 @@ where
         input: &str,
         output: Option<&str>,
         f: F,
-    ) -> Result<WorkerPool<FrameTask<T, U, S, R>>, PoolError>
+    ) -> Result<WorkerPool<FrameTask<T, U, S, R, E>>, PoolError>
     where
         T: Element,
         U: Element,
@@ -239,8 +251,9 @@ where
         let task = FrameTask {
             input: input.to_owned(),
             output: output.map(str::to_owned),
-            wait: Duration::from_secs(10),
+            wait: self.frame_wait_or_default(),
             init: self.init_fn(),
+            exit: self.exit_fn(),
             f: Box::new(f),
         };
         let mut b = if self.has_chunk_size() {

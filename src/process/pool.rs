@@ -86,7 +86,7 @@ pub trait Task: 'static {
 }
 
 pub(crate) type InitFn<S> = Arc<dyn Fn(&WorkerInfo) -> Result<S, BoxError> + Send + Sync>;
-type ExitFn<S, E> = Arc<dyn Fn(&WorkerInfo, S) -> E + Send + Sync>;
+pub(crate) type ExitFn<S, E> = Arc<dyn Fn(&WorkerInfo, S) -> E + Send + Sync>;
 
 /// The [`Task`] of a pool built from closures (fork start method only).
 pub struct FnTaskOf<I, O, S, E, F> {
@@ -1118,6 +1118,7 @@ pub struct PoolBuilder<S, E> {
     allow_threads: Option<ThreadedFork>,
     init: InitFn<S>,
     exit: Option<ExitFn<S, E>>,
+    frame_wait: Option<Duration>,
 }
 
 impl<S, E> std::fmt::Debug for PoolBuilder<S, E> {
@@ -1163,6 +1164,7 @@ impl WorkerPool<NoTask> {
             allow_threads: None,
             init: Arc::new(|_| Ok(())),
             exit: None,
+            frame_wait: None,
         }
     }
 }
@@ -1241,6 +1243,14 @@ where
         self
     }
 
+    /// Frame pools ([`build_frames`](PoolBuilder::build_frames)) only: how long a task waits
+    /// for its frame before it fails with [`FrameError::Timeout`](super::FrameError::Timeout)
+    /// (default 10 s).
+    pub fn frame_wait(mut self, wait: Duration) -> Self {
+        self.frame_wait = Some(wait);
+        self
+    }
+
     /// How workers wait for their next chunk and the pool waits for results: spin, then sleep
     /// (the default, 50 µs of spinning, as ring endpoints do; an idle worker then sleeps in the
     /// kernel and costs no CPU), or never sleep ([`WaitStrategy::BusyPoll`]: lowest latency,
@@ -1299,6 +1309,7 @@ where
             allow_threads: self.allow_threads,
             init,
             exit: None,
+            frame_wait: self.frame_wait,
         }
     }
 
@@ -1323,6 +1334,7 @@ where
             allow_threads: self.allow_threads,
             init: self.init,
             exit: Some(Arc::new(f)),
+            frame_wait: self.frame_wait,
         }
     }
 
@@ -1448,6 +1460,15 @@ where
     /// The `worker_init` closure (for pool kinds built on this builder).
     pub(crate) fn init_fn(&self) -> InitFn<S> {
         self.init.clone()
+    }
+
+    /// The `worker_exit` closure, if any.
+    pub(crate) fn exit_fn(&self) -> Option<ExitFn<S, E>> {
+        self.exit.clone()
+    }
+
+    pub(crate) fn frame_wait_or_default(&self) -> Duration {
+        self.frame_wait.unwrap_or(Duration::from_secs(10))
     }
 
     /// Builds a forking pool around any task.

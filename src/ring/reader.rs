@@ -256,6 +256,13 @@ impl<T: Element, D: Dimension> Reader<T, D> {
             .load(Relaxed)
     }
 
+    /// Broadcast: the sequence number of the next frame [`recv`](Reader::recv) returns (for
+    /// a new reader, the next frame the writer commits: frames committed before it attached
+    /// never reach it). Queue readers take whatever frame is next, so there it means nothing.
+    pub fn next_seq(&self) -> u64 {
+        self.core.next.load(Relaxed)
+    }
+
     /// Frames this reader has received.
     pub fn frames_read(&self) -> u64 {
         self.core
