@@ -12,6 +12,7 @@ pub use crate::process::error::{
     ChannelError, ExitReason, PoolError, ProcessError, SpawnError, TaskError, TaskErrorKind,
 };
 pub use crate::ring::error::{
-    AttachError, CreateError, LayoutError, NameError, OpenError, RecvError, RecvTimeoutError,
-    ReserveError, ReserveTimeoutError, SendError, ShapeError, TryRecvError, TryReserveError,
+    AttachError, CreateError, LayoutError, NameError, OpenError, ReadersTimeout, RecvError,
+    RecvTimeoutError, ReserveError, ReserveTimeoutError, SendError, ShapeError, TryRecvError,
+    TryReserveError,
 };

@@ -135,8 +135,9 @@ pub use array::{DType, Element};
 #[cfg(not(loom))]
 pub use error::{
     AttachError, ChannelError, CreateError, ExitReason, LayoutError, NameError, OpenError,
-    PoolError, ProcessError, RecvError, RecvTimeoutError, ReserveError, ReserveTimeoutError,
-    SendError, ShapeError, SpawnError, TaskError, TaskErrorKind, TryRecvError, TryReserveError,
+    PoolError, ProcessError, ReadersTimeout, RecvError, RecvTimeoutError, ReserveError,
+    ReserveTimeoutError, SendError, ShapeError, SpawnError, TaskError, TaskErrorKind, TryRecvError,
+    TryReserveError,
 };
 #[cfg(not(loom))]
 pub use ring::{

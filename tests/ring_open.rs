@@ -811,3 +811,67 @@ fn group_members_share_a_0660_ring_others_are_denied() {
     });
     assert_eq!(code, Exit::Code(0));
 }
+
+// ------------------------------------------------------------------------------- rendezvous
+
+/// Issue 11 finding: a reader started before its writer had to poll `NotFound` by hand
+/// (`open_within` returns at once for a missing name). `Ring::open_wait` waits for the ring
+/// to appear; a ring that never appears is `OpenError::Timeout`, not a hang.
+#[test]
+fn reader_started_before_its_writer_waits_with_open_wait() {
+    let name = unique_name("open-wait");
+    // The reader's process starts first, the creator 100 ms later.
+    let reader = fork_child({
+        let name = name.clone();
+        move || {
+            let Ok(ring) = Ring::<u8>::open_wait(&name, Duration::from_secs(20)) else {
+                return 2;
+            };
+            let Ok(mut r) = ring.reader() else { return 3 };
+            match r.recv_timeout(Duration::from_secs(20)) {
+                Ok(f) if f.as_slice().iter().all(|&b| b == 7) => 0,
+                _ => 4,
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let ring = small_ring(&name);
+    let mut w = ring.writer().unwrap();
+    // Issue 11 finding: a writer could wait for N readers only by polling `status()`.
+    assert_eq!(w.wait_for_readers(1, Duration::from_secs(20)).unwrap(), 1);
+    w.send(&ndarray::ArrayD::from_elem(vec![64, 64], 7u8))
+        .unwrap();
+    let mut reader = reader;
+    assert_eq!(reader.wait_timeout(Duration::from_secs(30)), Exit::Code(0));
+
+    let t = Instant::now();
+    let missing = unique_name("open-wait-missing");
+    match Ring::<u8>::open_wait(&missing, Duration::from_millis(50)) {
+        Err(OpenError::Timeout { name, waited }) => {
+            assert_eq!(name, missing);
+            assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Other errors come at once: a wrong dtype is not waited on.
+    assert!(matches!(
+        Ring::<f32>::open_wait(&name, Duration::from_secs(20)),
+        Err(OpenError::LayoutMismatch { .. })
+    ));
+}
+
+/// `wait_for_readers` counts readers that finished attaching, and times out with the count.
+#[test]
+fn wait_for_readers_times_out_with_the_count() {
+    let name = unique_name("wait-readers");
+    let ring = small_ring(&name);
+    let w = ring.writer().unwrap();
+    let _r = ring.reader().unwrap();
+    let e = w
+        .wait_for_readers(2, Duration::from_millis(30))
+        .unwrap_err();
+    assert_eq!((e.wanted, e.attached), (2, 1));
+    assert!(e.waited >= Duration::from_millis(30));
+    assert_eq!(w.wait_for_readers(0, Duration::ZERO).unwrap(), 1);
+}

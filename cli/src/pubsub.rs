@@ -276,13 +276,9 @@ fn publish<T: Element>(ring: Ring<T>, a: &PubArgs) -> CliResult {
                 a.wait_readers, info.name
             );
         }
-        loop {
-            let alive = ring.status().readers.iter().filter(|p| p.alive).count();
-            if alive >= a.wait_readers as usize {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        writer
+            .wait_for_readers(a.wait_readers as usize, Duration::MAX)
+            .map_err(|e| Failure::new(e.to_string()))?;
     }
 
     // Stdin's 8 KiB buffer lets us see end of input before reserving a slot (so a clean end

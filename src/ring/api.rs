@@ -521,6 +521,59 @@ impl<T: Element, D: Dimension> Ring<T, D> {
         Ok(Ring::from_parts(shared, name.to_owned(), creator))
     }
 
+    /// Opens ring `name`, waiting up to `timeout` for it to appear (a reader started before
+    /// its writer): a missing ring, or one whose creator is still initialising it, is retried
+    /// (every 1 ms at first, backing off to 20 ms) until it opens or the time is up.
+    /// `Duration::MAX` waits for ever. Every other error returns at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmflow::{OpenError, Ring};
+    /// # let name = format!("doc-open-wait-{}", std::process::id());
+    /// let creator = std::thread::spawn({
+    ///     let name = name.clone();
+    ///     move || {
+    ///         std::thread::sleep(Duration::from_millis(50));
+    ///         Ring::<u8>::create(&name).shape([4]).build()
+    ///     }
+    /// });
+    /// let ring = Ring::<u8>::open_wait(&name, Duration::from_secs(10))?;
+    /// assert_eq!(ring.info().max_shape, [4]);
+    /// # drop(creator.join().unwrap()?);
+    /// let err = Ring::<u8>::open_wait("doc-never-made", Duration::from_millis(20)).unwrap_err();
+    /// assert!(matches!(err, OpenError::Timeout { .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::Timeout`] if it did not appear in time; the other errors of
+    /// [`Ring::open`] at once.
+    pub fn open_wait(name: &str, timeout: Duration) -> Result<Self, OpenError> {
+        let start = Instant::now();
+        let deadline = start.checked_add(timeout);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ready_wait = left.map_or(OPEN_READY_WAIT, |l| l.min(OPEN_READY_WAIT));
+            match Self::open_within(name, ready_wait) {
+                Err(OpenError::NotFound { .. } | OpenError::NotReady { .. }) => {}
+                other => return other,
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(OpenError::Timeout {
+                    name: name.to_owned(),
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(left.map_or(pause, |l| l.min(pause)));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
     /// Removes the segment named `name` (like `shm_unlink`): processes that have it open keep
     /// using it; new opens fail.
     ///

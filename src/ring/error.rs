@@ -144,6 +144,27 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+    /// [`Ring::open_wait`](crate::Ring::open_wait): the ring did not appear (or finish its
+    /// initialisation) in time.
+    #[error("ring {name:?} did not appear within {waited:?} (is its writer running?)")]
+    Timeout {
+        /// The ring name.
+        name: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+    },
+}
+
+/// [`Writer::wait_for_readers`](crate::Writer::wait_for_readers) ran out of time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{attached} of {wanted} readers attached within {waited:?}")]
+pub struct ReadersTimeout {
+    /// Readers asked for.
+    pub wanted: usize,
+    /// Readers attached when the time ran out.
+    pub attached: usize,
+    /// How long the call waited.
+    pub waited: std::time::Duration,
 }
 
 impl OpenError {

@@ -140,6 +140,7 @@ fn open_error_kind(e: &OpenError) -> &'static str {
         OpenError::Corrupted { .. } => "Corrupted",
         OpenError::LayoutMismatch { .. } => "LayoutMismatch",
         OpenError::Io { .. } => "Io",
+        OpenError::Timeout { .. } => "Timeout",
     }
 }
 

@@ -125,6 +125,61 @@ impl<T: Element, D: Dimension> Writer<T, D> {
         &self.ring
     }
 
+    /// Waits until at least `n` live readers have completed their attach (a reader still in
+    /// its attach handshake does not count: frames committed now might not reach it), at most
+    /// `timeout` (`Duration::MAX`: for ever). The rendezvous of a lossless stream that must
+    /// lose nothing at its start, as `shmflow pub --wait-readers N` uses it. Returns how many
+    /// readers are attached.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmflow::Ring;
+    /// # let name = format!("doc-wait-readers-{}", std::process::id());
+    /// let ring = Ring::<u8>::create(&name).shape([4]).build()?;
+    /// let writer = ring.writer()?;
+    /// assert!(writer.wait_for_readers(1, Duration::from_millis(10)).is_err());
+    /// let _reader = ring.reader()?;
+    /// assert_eq!(writer.wait_for_readers(1, Duration::from_secs(5))?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ReadersTimeout`](crate::ReadersTimeout) when the time is up first.
+    pub fn wait_for_readers(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<usize, crate::ring::error::ReadersTimeout> {
+        let start = std::time::Instant::now();
+        let deadline = start.checked_add(timeout);
+        let mut pause = Duration::from_micros(100);
+        loop {
+            let attached = self
+                .ring
+                .status()
+                .readers
+                .iter()
+                .filter(|r| r.alive)
+                .count();
+            if attached >= n {
+                return Ok(attached);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(crate::ring::error::ReadersTimeout {
+                    wanted: n,
+                    attached,
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(left.map_or(pause, |l| l.min(pause)));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
     /// How blocking calls wait (default: spin 50 µs, then sleep).
     pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
         self.core.ep.waiter.set_strategy(strategy);
