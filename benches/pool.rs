@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use shmflow::process::{
-    self, Backend, BoxError, Context, ForkBuilder, FrameTask, Process, WorkerPool,
+    self, Backend, BoxError, Context, ForkBuilder, FrameError, Process, WorkerPool,
 };
 use shmflow::{Backpressure, Mode, Reader, Ring, TryRecvError};
 
@@ -234,7 +234,7 @@ impl Backend for Camera {
 /// A frame pool and its camera. Fields drop in order: the pool's workers stop first, then the
 /// camera, then the rings are removed.
 struct Frames {
-    pool: WorkerPool<FrameTask<u8, u8, (), f64>>,
+    pool: WorkerPool<u64, Result<f64, FrameError>>,
     camera: Process<u64, u64>,
     out: Reader<u8>,
     _rings: (Ring<u8>, Ring<u8>),

@@ -803,20 +803,18 @@ fn pool_task(rec: &'static SharedCounters, w: usize, x: u64) -> u64 {
 /// (SIGKILL), every other result is right, the pool replaces the worker and goes on. One pool
 /// serves all trials.
 struct PoolWorkerRole {
-    pool: WorkerPool<shmflow::process::FnTaskOf<u64, u64, (), (), PoolFn>>,
+    // A closure pool is nameable by its input and output types.
+    pool: WorkerPool<u64, u64>,
     rec: &'static SharedCounters,
 }
-
-type PoolFn = Box<dyn Fn(&mut (), &shmflow::process::WorkerInfo, u64) -> u64 + Send + Sync>;
 
 impl PoolWorkerRole {
     fn new() -> PoolWorkerRole {
         let rec: &'static SharedCounters = Box::leak(Box::new(SharedCounters::new(4)));
-        let f: PoolFn = Box::new(move |_: &mut (), w, x| pool_task(rec, w.id, x));
         let pool = WorkerPool::builder()
             .workers(2)
             .chunk_size(1)
-            .build(f)
+            .build(move |_: &mut (), w, x| pool_task(rec, w.id, x))
             .expect("pool");
         PoolWorkerRole { pool, rec }
     }

@@ -686,6 +686,49 @@ fn zero_chunk_size_and_zero_workers_are_errors() {
     }
 }
 
+/// Issue 11 finding: the pool's type was `WorkerPool<FnTaskOf<I, O, S, E, F>>`, with a closure
+/// type inside, so a user could not keep a pool in a struct field. `WorkerPool<I, O, X>` names
+/// only what crosses the wire: inputs, outputs and the workers' exit values.
+fn worker_pool_can_be_named_in_a_struct() {
+    struct Service {
+        doubler: WorkerPool<u64, u64>,
+        counter: WorkerPool<u64, u64, u64>,
+    }
+    impl Service {
+        fn new() -> Result<Self, PoolError> {
+            Ok(Self {
+                doubler: WorkerPool::builder()
+                    .workers(1)
+                    .build(|_: &mut (), _, x: u64| x * 2)?,
+                counter: WorkerPool::builder()
+                    .workers(1)
+                    .worker_init(|_| 0u64)
+                    .worker_exit(|_, n: u64| n)
+                    .build(|n: &mut u64, _, x: u64| {
+                        *n += 1;
+                        x + 1
+                    })?,
+            })
+        }
+    }
+    let service = Service::new().unwrap();
+    assert_eq!(service.doubler.apply(21).unwrap(), 42);
+    assert_eq!(
+        service.counter.map(0..10u64).unwrap(),
+        (1..11).collect::<Vec<_>>()
+    );
+    assert_eq!(service.counter.shutdown(), vec![10]);
+    // Pools of different closures with the same wire types have the same type.
+    let mut pools: Vec<WorkerPool<u64, u64>> = vec![service.doubler];
+    pools.push(
+        WorkerPool::builder()
+            .workers(1)
+            .build(|_: &mut (), _, x: u64| x + 100)
+            .unwrap(),
+    );
+    assert_eq!(pools[1].apply(1).unwrap(), 101);
+}
+
 fn main() {
     process::init().register_pool::<Scale>().run();
     let tests: &[(&str, fn())] = &[
@@ -724,6 +767,10 @@ fn main() {
         (
             "zero_chunk_size_and_zero_workers_are_errors",
             zero_chunk_size_and_zero_workers_are_errors,
+        ),
+        (
+            "worker_pool_can_be_named_in_a_struct",
+            worker_pool_can_be_named_in_a_struct,
         ),
         ("nested_pools_work", nested_pools_work),
         ("start_stop_leaves_nothing", start_stop_leaves_nothing),

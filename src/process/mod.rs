@@ -15,7 +15,7 @@
 
 mod control;
 pub(crate) mod error;
-mod frames;
+
 mod logfwd;
 mod pool;
 pub(crate) use pool::POOL_STATUS_TAG;
@@ -24,10 +24,9 @@ mod wire;
 
 pub use crate::sys::process::ThreadedFork;
 pub use control::{channel, wait_any, Receiver, Sender};
-pub use frames::{FrameError, FrameState, FrameTask};
+pub use pool::frames::FrameError;
 pub use pool::{
-    AsyncResult, FnTaskOf, Imap, ImapUnordered, NoTask, PoolBuilder, Task, WorkerInfo,
-    WorkerInsight, WorkerPool,
+    AsyncResult, Imap, ImapUnordered, PoolBuilder, Task, WorkerInfo, WorkerInsight, WorkerPool,
 };
 pub use spawn::{
     init, thread_count, Backend, BoxError, Context, ForkBuilder, Init, Process, ReexecBuilder,

@@ -125,3 +125,41 @@ pub(crate) fn complete_frame(b: &[u8]) -> Result<Option<usize>, ChannelError> {
     }
     Ok((b.len() as u64 >= 4 + len).then_some(4 + len as usize))
 }
+
+// ------------------------------------------------------------ the worker pool's messages
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum PoolCmd<I> {
+    Chunk { job: u64, first: u64, items: Vec<I> },
+}
+
+/// The borrowed twin of `PoolCmd::Chunk`: serialises identically (postcard writes a slice
+/// like a Vec), so the parent keeps its inputs for re-dispatch without cloning them.
+#[derive(Serialize)]
+pub(crate) enum PoolCmdRef<'a, I> {
+    Chunk {
+        job: u64,
+        first: u64,
+        items: &'a [I],
+    },
+}
+
+/// A task of a chunk that panicked: its offset in the chunk, message and location.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Failure {
+    pub(crate) offset: u64,
+    pub(crate) message: String,
+    pub(crate) location: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum WorkerMsg<O, E> {
+    /// The outputs of a chunk's successful tasks, in order, and its failed tasks.
+    Results {
+        job: u64,
+        first: u64,
+        outputs: Vec<O>,
+        failures: Vec<Failure>,
+    },
+    Exit(E),
+}

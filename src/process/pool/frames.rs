@@ -23,10 +23,12 @@ use ndarray::IxDyn;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::pool::{ExitFn, InitFn, PoolBuilder, Task, WorkerInfo, WorkerPool};
-use super::spawn::BoxError;
+use super::builder::PoolBuilder;
+use super::task::{ExitFn, InitFn, Task, WorkerInfo};
+use super::WorkerPool;
 use crate::array::Element;
 use crate::process::error::PoolError;
+use crate::process::spawn::BoxError;
 use crate::ring::error::RecvTimeoutError;
 use crate::ring::{ReadSlot, Reader, Ring, WriteSlot, Writer};
 
@@ -240,7 +242,7 @@ where
         input: &str,
         output: Option<&str>,
         f: F,
-    ) -> Result<WorkerPool<FrameTask<T, U, S, R, E>>, PoolError>
+    ) -> Result<WorkerPool<u64, Result<R, FrameError>, E>, PoolError>
     where
         T: Element,
         U: Element,
