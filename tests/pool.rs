@@ -729,6 +729,71 @@ fn worker_pool_can_be_named_in_a_struct() {
     assert_eq!(pools[1].apply(1).unwrap(), 101);
 }
 
+/// Issue 11 finding: "all frames written, then `map`" in one thread blocked the writer's
+/// `reserve()` for ever. That order cannot work on a lossless ring: no worker reads a frame
+/// before it is asked for it, so the writer can run at most `slots` frames ahead. What the
+/// library owes is a way out and orders that work: `reserve_timeout` says `Timeout` after
+/// exactly `slots` frames (nothing is lost, those frames then map), and a producer on its own
+/// thread, started after `start()`, streams any number of frames through `map`.
+fn frames_written_all_then_mapped_time_out_instead_of_hanging() {
+    use shmflow::{Backpressure, Mode, Ring};
+    let input = format!("t-frames-order-{}", std::process::id());
+    let ring = Ring::<u8>::create(&input)
+        .shape([64])
+        .slots(4)
+        .max_readers(2)
+        .mode(Mode::Broadcast(Backpressure::Block))
+        .build()
+        .unwrap();
+    let pool = WorkerPool::builder()
+        .workers(2)
+        .build_frames::<u8, u8, u64, _>(&input, None, |_: &mut (), _, frame, _| {
+            frame.iter().map(|&b| u64::from(b)).sum()
+        })
+        .unwrap();
+    pool.start().unwrap();
+    let mut w = ring.writer().unwrap();
+    // The order a user tries first: write everything, then map. The way out is a timeout.
+    let mut written = 0u64;
+    let stalled = loop {
+        match w.reserve_timeout(Duration::from_millis(300)) {
+            Ok(mut s) => {
+                s.as_mut_slice().fill(written as u8);
+                s.commit();
+                written += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(written <= 4, "a lossless writer ran ahead of its readers");
+    };
+    assert_eq!(written, 4, "stopped after the ring's 4 slots: {stalled}");
+    let got = pool.map(0..written).unwrap();
+    assert_eq!(
+        got,
+        (0..written).map(|seq| Ok(seq * 64)).collect::<Vec<_>>()
+    );
+    // The order that works: the producer on its own thread (after start(), so the parent has
+    // already forked its workers), the caller mapping.
+    let n = 200u64;
+    let producer = std::thread::spawn(move || {
+        for seq in written..written + n {
+            let mut s = w.reserve_timeout(Duration::from_secs(30)).unwrap();
+            s.as_mut_slice().fill(seq as u8);
+            s.commit();
+        }
+    });
+    let got = pool.map(written..written + n).unwrap();
+    producer.join().unwrap();
+    assert_eq!(
+        got,
+        (written..written + n)
+            .map(|seq| Ok(u64::from(seq as u8) * 64))
+            .collect::<Vec<_>>()
+    );
+    drop(pool);
+    drop(ring);
+}
+
 fn main() {
     process::init().register_pool::<Scale>().run();
     let tests: &[(&str, fn())] = &[
@@ -787,7 +852,11 @@ fn main() {
             "frame_tasks_release_their_frame_and_report_gone_frames",
             frame_tasks_release_their_frame_and_report_gone_frames,
         ),
-        // Last: starts a thread, after which this process may no longer fork.
+        // Last ones: start threads, after which this process may no longer fork.
+        (
+            "frames_written_all_then_mapped_time_out_instead_of_hanging",
+            frames_written_all_then_mapped_time_out_instead_of_hanging,
+        ),
         (
             "reexec_pool_from_a_threaded_parent",
             reexec_pool_from_a_threaded_parent,

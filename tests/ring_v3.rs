@@ -230,16 +230,24 @@ fn an_inherited_descriptor_in_a_grandchild_does_not_keep_a_dead_reader_alive() {
         let own = Ring::<u8>::open(&name).unwrap();
         let mut r = own.reader().unwrap();
         let held = r.recv_timeout(BOUND);
-        // SAFETY: the grandchild only sleeps and `_exit`s (async-signal-safe calls).
+        let ok = held.is_ok();
+        // SAFETY: the grandchild only writes a byte, sleeps and `_exit`s (async-signal-safe
+        // calls).
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // The grandchild says `H`: once fork has returned here, shmflow's fork handler has
+            // closed the inherited descriptors (were the victim to say it, the parent could
+            // kill and reclaim before the grandchild's handler ran, and see the lock held).
+            sig.send(if ok { b'H' } else { b'X' });
             // SAFETY: as above.
             unsafe {
                 libc::sleep(8);
                 libc::_exit(0)
             };
         }
-        sig.send(if pid > 0 && held.is_ok() { b'H' } else { b'X' });
+        if pid < 0 {
+            sig.send(b'X');
+        }
         sleep_forever();
     });
     wait_readers(&ring, 1);

@@ -12,6 +12,28 @@
 //! [`WorkerPool::start`] before the producer starts writing, so every worker's reader is
 //! attached when frame 0 is committed.
 //!
+//! # Orders that work
+//!
+//! A worker reads a frame only when a task asks for it, so on a lossless ring the producer can
+//! run at most `slots` frames ahead of the tasks:
+//!
+//! - **start, then produce while mapping**: call [`WorkerPool::start`], then write frames from
+//!   another thread or process while this one calls `map`/`imap` (the thread may start after
+//!   `start()`, since the workers are already forked). Any number of frames streams through.
+//! - **produce a batch, then map it**: write at most `slots` frames, map them, repeat. Writing
+//!   more than `slots` frames before the first `map` in the same thread cannot finish: use
+//!   [`Writer::reserve_timeout`], which says `Timeout` instead of waiting for ever, and map what
+//!   was written.
+//! - **drop-oldest input** (live video): the producer never waits; tasks for frames that were
+//!   overwritten return [`FrameError::Gone`].
+//!
+//! For a pool of your own closures whose tasks take frames from a queue ring opened in
+//! `worker_init`, and whose input iterator writes one frame per task, set
+//! [`chunk_size(1)`](super::PoolBuilder::chunk_size): an automatic chunk (64 tasks for an
+//! unsized iterator) pulls a whole chunk of inputs, so writes a chunk of frames, before any
+//! worker gets a task, and a ring with fewer slots fills first. With one task per chunk each
+//! frame's task is on its way before the next frame is written.
+//!
 //! A worker can only move forward in the ring: a task whose frame has already gone by (it was
 //! re-dispatched after a crash to a worker that is past it, or the producer started before the
 //! workers attached) returns [`FrameError::Gone`]; a task for a frame that will never come
