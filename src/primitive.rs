@@ -20,3 +20,13 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// Lets another thread run: a peer that lost the CPU in the middle of a handshake (a reader
+/// between placing and re-checking a pin) finishes it.
+#[inline]
+pub(crate) fn yield_hint() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
