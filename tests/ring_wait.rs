@@ -38,6 +38,7 @@ const STRATEGIES: [WaitStrategy; 3] = [
 // ------------------------------------------------------------------------------------ helpers
 
 /// `poll` for POLLIN on one fd; true if readable within `timeout`.
+#[cfg_attr(shmflow_no_doorbell, allow(dead_code))]
 fn wait_readable(fd: libc::c_int, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
