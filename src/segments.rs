@@ -17,6 +17,7 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::ring::{RingInfo, RingStatus};
 use crate::OpenError;
@@ -116,6 +117,64 @@ pub fn get(name: &str) -> Result<Segment, OpenError> {
         size: size(name),
         kind,
     })
+}
+
+/// A companion file of a ring that is gone: a writer FIFO
+/// (`/dev/shm/.shmflow-<token>.writers`) whose ring segment was deleted without
+/// [`Ring::remove`](crate::Ring::remove) (by `rm` on the file, or by a tool that does not know
+/// about the FIFO). Harmless but never cleaned up otherwise.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Orphan {
+    /// The file.
+    pub path: PathBuf,
+    /// Time since it last changed.
+    pub age: Duration,
+}
+
+/// The writer FIFOs that no ring in `/dev/shm` uses and that have not changed for `grace` (a
+/// ring's creator makes its FIFO before the ring can be read, so a young FIFO may belong to a
+/// ring being created). While some segment cannot be read for lack of permission, nothing is
+/// an orphan: that segment's FIFO could not be told apart.
+///
+/// # Errors
+///
+/// If `/dev/shm` cannot be read.
+pub fn orphans(grace: Duration) -> io::Result<Vec<Orphan>> {
+    let mut tokens = std::collections::HashSet::new();
+    for name in crate::shm::Segment::list()? {
+        match crate::ring::doorbell_token_of(&name) {
+            Ok(t) => {
+                tokens.insert(t);
+            }
+            Err(OpenError::PermissionDenied { .. }) => return Ok(Vec::new()),
+            // Gone, foreign, corrupted or half-made: no FIFO of a usable ring.
+            Err(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (path, what) in crate::shm::companion_files()? {
+        let Some(token) = crate::ring::fifo_token(&what) else {
+            continue;
+        };
+        if tokens.contains(&token) {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        // mtime: set when the creator made the FIFO (nothing writes to it later).
+        use std::os::unix::fs::MetadataExt;
+        let changed = meta.mtime();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let age = Duration::from_secs(now.saturating_sub(changed).max(0) as u64);
+        if age >= grace {
+            out.push(Orphan { path, age });
+        }
+    }
+    Ok(out)
 }
 
 fn size(name: &str) -> u64 {

@@ -379,7 +379,9 @@ readers and writers of live rings (a lossless writer no longer waits for them).
 
 Never removes a ring whose creator is alive, one that live readers or writers use (attached or still attaching), a \
 segment it cannot read as a ring (another user's, a foreign or corrupted one, one being \
-initialised): those are reported as `skipped`. With NAMEs, only those segments are \
+initialised): those are reported as `skipped`. Without NAMEs it also removes writer FIFOs \
+(`/dev/shm/.shmflow-<token>.writers`) that no ring uses and that are a minute old, left \
+behind when a ring's file was deleted by hand. With NAMEs, only those segments are \
 considered. Prints one line per action: `removed NAME (...)`, `reclaimed N dead peer(s) of \
 NAME`, `skipped NAME (...)`; with --dry-run, `would remove` and `would reclaim`.";
 
@@ -509,6 +511,28 @@ pub fn run_gc(a: GcArgs) -> CliResult {
             Ok(()) => out.line(format_args!("removed {name} ({why})"))?,
             Err(OpenError::NotFound { .. }) => {}
             Err(e) => errors.push(describe(&e)),
+        }
+    }
+    // Writer FIFOs of rings that are gone (deleted by hand): only in a full sweep.
+    if !explicit {
+        let orphans = shmflow::segments::orphans(SETUP_GRACE)
+            .map_err(|e| Failure::new(format!("could not list {SHM_DIR}: {e}")))?;
+        for o in orphans {
+            actions += 1;
+            let what = format!(
+                "{} (writer FIFO of a ring that is gone, unchanged for {} s)",
+                o.path.display(),
+                o.age.as_secs()
+            );
+            if a.dry_run {
+                out.line(format_args!("would remove {what}"))?;
+                continue;
+            }
+            match std::fs::remove_file(&o.path) {
+                Ok(()) => out.line(format_args!("removed {what}"))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("could not remove {}: {e}", o.path.display())),
+            }
         }
     }
     if actions == 0 && errors.is_empty() && out.tty {

@@ -547,6 +547,86 @@ fn gc_removes_the_ring_of_a_killed_publisher_and_keeps_live_ones() {
     assert!(!exists(&live));
 }
 
+/// `gc` removes writer FIFOs that no ring uses (their ring's file was deleted by hand) once
+/// they are a minute old, and keeps a live ring's FIFO and young ones. Runs in a private
+/// mount namespace with its own `/dev/shm` (a full `gc` must not touch other tests' rings).
+#[test]
+fn gc_removes_orphaned_writer_fifos_and_keeps_live_and_young_ones() {
+    let script = r#"
+set -e
+mount -t tmpfs tmpfs /dev/shm
+mkfifo /dev/shm/input
+"$BIN" pub live --shape 16 < /dev/shm/input >/dev/null 2>&1 &
+pubpid=$!
+exec 3> /dev/shm/input
+i=0; while [ ! -e /dev/shm/shmflow.live ] || [ -z "$(ls -A /dev/shm | grep '\.writers$')" ]; do
+  i=$((i+1)); [ $i -lt 500 ] || { echo "no ring"; exit 3; }; sleep 0.01
+done
+sleep 0.2
+live=$(ls -A /dev/shm | grep '\.writers$')
+old=.shmflow-00000000000000ab.writers
+young=.shmflow-00000000000000cd.writers
+mkfifo /dev/shm/$old /dev/shm/$young
+touch -d '2 minutes ago' /dev/shm/$old /dev/shm/$live
+echo "LIVE $live"
+echo "DRY"; "$BIN" gc --dry-run
+echo "GC"; "$BIN" gc
+echo "LEFT"; ls -A /dev/shm
+exec 3>&-
+wait $pubpid
+"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("BIN", env!("CARGO_BIN_EXE_shmflow"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("this test needs unshare (util-linux) and root");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let section = |from: &str, to: &str| -> String {
+        let a = stdout
+            .find(from)
+            .unwrap_or_else(|| panic!("{from} in {stdout}"))
+            + from.len();
+        let b = stdout[a..].find(to).map_or(stdout.len(), |b| a + b);
+        stdout[a..b].to_owned()
+    };
+    let live = section("LIVE ", "\n");
+    let (dry, gc, left) = (
+        section("DRY\n", "GC\n"),
+        section("GC\n", "LEFT\n"),
+        section("LEFT\n", "\0"),
+    );
+    let old = ".shmflow-00000000000000ab.writers";
+    let would: Vec<&str> = dry
+        .lines()
+        .filter(|l| l.starts_with("would remove /dev/shm/"))
+        .collect();
+    assert_eq!(would.len(), 1, "{stdout}");
+    assert!(
+        would[0].starts_with(&format!(
+            "would remove /dev/shm/{old} (writer FIFO of a ring that is gone, unchanged for 12"
+        )),
+        "{stdout}"
+    );
+    assert!(gc.contains(&format!("removed /dev/shm/{old} ")), "{stdout}");
+    assert!(!gc.contains(&live) && !gc.contains("00cd"), "{stdout}");
+    assert!(!left.contains(old), "{stdout}");
+    assert!(
+        left.contains(&live),
+        "the live ring's FIFO was removed: {stdout}"
+    );
+    assert!(
+        left.contains(".shmflow-00000000000000cd.writers"),
+        "{stdout}"
+    );
+    assert!(left.contains("shmflow.live"), "{stdout}");
+}
+
 #[test]
 fn gc_reclaims_dead_readers_of_a_live_ring() {
     let name = unique_name("cli-reclaim");

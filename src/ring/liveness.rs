@@ -119,6 +119,16 @@ pub(crate) fn fifo_path(token: u64) -> CString {
     CString::new(crate::shm::companion_path(&format!("{token:016x}.writers"))).expect("no NUL")
 }
 
+/// The token of a writer FIFO from the `<what>` of its companion file name
+/// (`<16 hex digits>.writers`), the inverse of [`fifo_path`].
+pub(crate) fn fifo_token(what: &str) -> Option<u64> {
+    let hex = what.strip_suffix(".writers")?;
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
 /// Makes the writer FIFO of a new ring: permission bits `mode` (read/write bits only), group
 /// `gid` if given. An existing file of that name (a token collision or a stale FIFO) is
 /// replaced.

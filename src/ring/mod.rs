@@ -36,6 +36,11 @@ mod wait;
 mod writer;
 
 #[cfg(not(loom))]
+pub(crate) use api::doorbell_token_of;
+#[cfg(not(loom))]
+pub(crate) use liveness::fifo_token;
+
+#[cfg(not(loom))]
 pub use self::api::*;
 pub use self::layout::{Backpressure, Mode, MAX_DIMS, MAX_PEERS, MAX_SLOTS};
 #[cfg(not(loom))]

@@ -46,10 +46,36 @@ pub(crate) fn segment_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(SHM_DIR).join(format!("{NAME_PREFIX}{name}"))
 }
 
+/// Prefix of the companion files' names.
+const COMPANION_PREFIX: &str = ".shmflow-";
+
 /// The file of one of shmflow's companion files (hidden, so [`Segment::list`] does not show
 /// them): `/dev/shm/.shmflow-<what>`, e.g. a ring's writer FIFO.
 pub(crate) fn companion_path(what: &str) -> String {
-    format!("{SHM_DIR}/.shmflow-{what}")
+    format!("{SHM_DIR}/{COMPANION_PREFIX}{what}")
+}
+
+/// The companion files in [`SHM_DIR`]: for each, its path and the `<what>` of
+/// [`companion_path`]. A missing directory is an empty list.
+pub(crate) fn companion_files() -> io::Result<Vec<(std::path::PathBuf, String)>> {
+    let dir = match std::fs::read_dir(SHM_DIR) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in dir {
+        let entry = entry?;
+        if let Some(what) = entry
+            .file_name()
+            .to_str()
+            .and_then(|f| f.strip_prefix(COMPANION_PREFIX))
+        {
+            out.push((entry.path(), what.to_owned()));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Mode of a segment while its creator initialises it: owner write only.
