@@ -160,17 +160,13 @@ pub fn orphans(grace: Duration) -> io::Result<Vec<Orphan>> {
         if tokens.contains(&token) {
             continue;
         }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        // mtime: set when the creator made the FIFO (nothing writes to it later).
-        use std::os::unix::fs::MetadataExt;
-        let changed = meta.mtime();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let age = Duration::from_secs(now.saturating_sub(changed).max(0) as u64);
-        if age >= grace {
+        // mtime: set when the creator made the FIFO (nothing writes to it later). A file
+        // gone meanwhile, or dated in the future, is no orphan.
+        let age = std::fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if let Some(age) = age.filter(|age| *age >= grace) {
             out.push(Orphan { path, age });
         }
     }

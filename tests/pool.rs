@@ -471,27 +471,40 @@ fn tasks_go_to_the_least_busy_worker() {
     assert_eq!(ids, HashSet::from([0, 1]));
 }
 
+/// A lossless broadcast ring of `len` bytes per frame for frame pools of up to 2 workers.
+fn lossless_input(name: &str, len: usize, slots: u32) -> shmflow::Ring<u8> {
+    use shmflow::{Backpressure, Mode, Ring};
+    Ring::<u8>::create(name)
+        .shape([len])
+        .slots(slots)
+        .max_readers(2)
+        .mode(Mode::Broadcast(Backpressure::Block))
+        .build()
+        .unwrap()
+}
+
+/// A frame pool over `input` whose task returns the sum of its frame's bytes.
+fn byte_sum_pool(
+    input: &str,
+    workers: usize,
+) -> WorkerPool<u64, Result<u64, shmflow::process::FrameError>> {
+    WorkerPool::builder()
+        .workers(workers)
+        .build_frames::<u8, u8, u64, _>(input, None, |_: &mut (), _, frame, _| {
+            frame.iter().map(|&b| u64::from(b)).sum()
+        })
+        .unwrap()
+}
+
 /// A frame task whose frame the worker's reader has already passed returns `Gone` at once
 /// (it used to wait for a later frame, here one that never comes, and time out), and a
 /// worker releases its input frame when its task ends (it used to hold it until the next
 /// task, holding a lossless producer).
 fn frame_tasks_release_their_frame_and_report_gone_frames() {
     use shmflow::process::FrameError;
-    use shmflow::{Backpressure, Mode, Ring};
     let input = format!("t-frames-gone-{}", std::process::id());
-    let ring = Ring::<u8>::create(&input)
-        .shape([16])
-        .slots(4)
-        .max_readers(2)
-        .mode(Mode::Broadcast(Backpressure::Block))
-        .build()
-        .unwrap();
-    let pool = WorkerPool::builder()
-        .workers(1)
-        .build_frames::<u8, u8, u64, _>(&input, None, |_: &mut (), _, frame, _| {
-            frame.iter().map(|&b| u64::from(b)).sum()
-        })
-        .unwrap();
+    let ring = lossless_input(&input, 16, 4);
+    let pool = byte_sum_pool(&input, 1);
     pool.start().unwrap();
     let mut w = ring.writer().unwrap();
     for seq in 0..3u64 {
@@ -520,15 +533,8 @@ fn frame_tasks_release_their_frame_and_report_gone_frames() {
 /// (`frame_wait`); and `worker_exit` runs for frame pools.
 fn frames_written_before_start_are_gone_at_once() {
     use shmflow::process::FrameError;
-    use shmflow::{Backpressure, Mode, Ring};
     let input = format!("t-frames-early-{}", std::process::id());
-    let ring = Ring::<u8>::create(&input)
-        .shape([16])
-        .slots(8)
-        .max_readers(2)
-        .mode(Mode::Broadcast(Backpressure::Block))
-        .build()
-        .unwrap();
+    let ring = lossless_input(&input, 16, 8);
     let mut w = ring.writer().unwrap();
     for seq in 0..3u64 {
         let mut s = w.reserve_timeout(Duration::from_secs(10)).unwrap();
@@ -736,21 +742,9 @@ fn worker_pool_can_be_named_in_a_struct() {
 /// exactly `slots` frames (nothing is lost, those frames then map), and a producer on its own
 /// thread, started after `start()`, streams any number of frames through `map`.
 fn frames_written_all_then_mapped_time_out_instead_of_hanging() {
-    use shmflow::{Backpressure, Mode, Ring};
     let input = format!("t-frames-order-{}", std::process::id());
-    let ring = Ring::<u8>::create(&input)
-        .shape([64])
-        .slots(4)
-        .max_readers(2)
-        .mode(Mode::Broadcast(Backpressure::Block))
-        .build()
-        .unwrap();
-    let pool = WorkerPool::builder()
-        .workers(2)
-        .build_frames::<u8, u8, u64, _>(&input, None, |_: &mut (), _, frame, _| {
-            frame.iter().map(|&b| u64::from(b)).sum()
-        })
-        .unwrap();
+    let ring = lossless_input(&input, 64, 4);
+    let pool = byte_sum_pool(&input, 2);
     pool.start().unwrap();
     let mut w = ring.writer().unwrap();
     // The order a user tries first: write everything, then map. The way out is a timeout.

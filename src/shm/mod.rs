@@ -58,6 +58,14 @@ pub(crate) fn companion_path(what: &str) -> String {
 /// The companion files in [`SHM_DIR`]: for each, its path and the `<what>` of
 /// [`companion_path`]. A missing directory is an empty list.
 pub(crate) fn companion_files() -> io::Result<Vec<(std::path::PathBuf, String)>> {
+    let mut out = entries_with_prefix(COMPANION_PREFIX)?;
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The files in [`SHM_DIR`] whose names start with `prefix`: path and the rest of the name.
+/// A missing directory is an empty list.
+fn entries_with_prefix(prefix: &str) -> io::Result<Vec<(std::path::PathBuf, String)>> {
     let dir = match std::fs::read_dir(SHM_DIR) {
         Ok(dir) => dir,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -66,15 +74,14 @@ pub(crate) fn companion_files() -> io::Result<Vec<(std::path::PathBuf, String)>>
     let mut out = Vec::new();
     for entry in dir {
         let entry = entry?;
-        if let Some(what) = entry
+        if let Some(rest) = entry
             .file_name()
             .to_str()
-            .and_then(|f| f.strip_prefix(COMPANION_PREFIX))
+            .and_then(|f| f.strip_prefix(prefix))
         {
-            out.push((entry.path(), what.to_owned()));
+            out.push((entry.path(), rest.to_owned()));
         }
     }
-    out.sort_unstable();
     Ok(out)
 }
 
@@ -458,21 +465,11 @@ impl Segment {
     ///
     /// Any error reading `/dev/shm` other than its absence.
     pub(crate) fn list() -> io::Result<Vec<String>> {
-        let dir = match std::fs::read_dir(SHM_DIR) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut names = Vec::new();
-        for entry in dir {
-            let file_name = entry?.file_name();
-            let Some(name) = file_name.to_str().and_then(|f| f.strip_prefix(NAME_PREFIX)) else {
-                continue;
-            };
-            if validate_name(name).is_ok() {
-                names.push(name.to_owned());
-            }
-        }
+        let mut names: Vec<String> = entries_with_prefix(NAME_PREFIX)?
+            .into_iter()
+            .map(|(_, name)| name)
+            .filter(|name| validate_name(name).is_ok())
+            .collect();
         names.sort_unstable();
         Ok(names)
     }
