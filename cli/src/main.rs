@@ -10,6 +10,7 @@
 //! - [`pubsub`]: `pub` (raw frames from stdin into a new ring) and `sub` (frames, checksums
 //!   or figures from a ring to stdout);
 //! - [`admin`]: `ls`, `inspect`, `rm`, `gc`;
+//! - [`top`]: `top`, the live view of every ring and pool (ratatui), and its `--once` snapshot;
 //! - [`mod@bench`]: `bench` (the benchmark harness in [`harness`], printed as a table or JSON);
 //! - [`demo`]: `demo`, the main job.
 //!
@@ -29,6 +30,7 @@ mod common;
 mod demo;
 mod harness;
 mod pubsub;
+mod top;
 
 const ABOUT: &str = "Zero-copy rings of array frames in shared memory";
 
@@ -87,6 +89,9 @@ enum Command {
     /// Measure rings against pipes and sockets, side by side
     #[command(long_about = bench::BENCH_ABOUT, after_help = bench::BENCH_EXAMPLES)]
     Bench(bench::BenchArgs),
+    /// Watch every ring and worker pool live (or print one snapshot)
+    #[command(long_about = top::TOP_ABOUT, after_help = top::TOP_EXAMPLES)]
+    Top(top::TopArgs),
     /// Run the demo pipeline: camera, worker pool, recorder, preview, with live figures
     #[command(long_about = demo::DEMO_ABOUT, after_help = demo::DEMO_EXAMPLES)]
     Demo(demo::DemoArgs),
@@ -112,6 +117,7 @@ fn run() -> i32 {
         Command::Gc(a) => admin::run_gc(a),
         Command::Bench(a) => bench::run_bench(a),
         Command::Demo(a) => demo::run_demo(a),
+        Command::Top(a) => top::run_top(a),
     };
     match result {
         Ok(()) => 0,

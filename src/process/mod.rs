@@ -26,7 +26,8 @@ pub use crate::sys::process::ThreadedFork;
 pub use control::{channel, wait_any, Receiver, Sender};
 pub use pool::frames::FrameError;
 pub use pool::{
-    AsyncResult, Imap, ImapUnordered, PoolBuilder, Task, WorkerInfo, WorkerInsight, WorkerPool,
+    AsyncResult, Imap, ImapUnordered, PoolBuilder, PoolSnapshot, Task, WorkerInfo, WorkerInsight,
+    WorkerPool, WorkerSample,
 };
 pub use spawn::{
     init, thread_count, Backend, BoxError, Context, ForkBuilder, Init, Process, ReexecBuilder,

@@ -587,20 +587,7 @@ impl<T: Element, D: Dimension> Ring<T, D> {
         if let Ok((_, _, creator)) = open_segment(name, Duration::ZERO) {
             liveness::remove_fifo(creator.doorbell_token);
         }
-        Segment::unlink(name).map_err(|e| match e {
-            SegmentOpenError::Name(n) => OpenError::InvalidName(n),
-            SegmentOpenError::NotFound => OpenError::NotFound { name: name.into() },
-            SegmentOpenError::PermissionDenied => OpenError::PermissionDenied { name: name.into() },
-            SegmentOpenError::TooSmall { size, min } => OpenError::Truncated {
-                name: name.into(),
-                size,
-                expected: min,
-            },
-            SegmentOpenError::Io(source) => OpenError::Io {
-                name: name.into(),
-                source,
-            },
-        })
+        Segment::unlink(name).map_err(|e| OpenError::from_shm(name, e))
     }
 
     /// The ring's name.
@@ -915,26 +902,7 @@ pub(crate) fn open_segment(
             other => break other,
         }
     };
-    let (segment, stat) = opened.map_err(|e| match e {
-        SegmentOpenError::Name(n) => OpenError::InvalidName(n),
-        SegmentOpenError::NotFound => OpenError::NotFound { name: name.into() },
-        SegmentOpenError::PermissionDenied => OpenError::PermissionDenied { name: name.into() },
-        SegmentOpenError::TooSmall { size, min } => {
-            if size == 0 {
-                OpenError::NotReady { name: name.into() }
-            } else {
-                OpenError::Truncated {
-                    name: name.into(),
-                    size,
-                    expected: min,
-                }
-            }
-        }
-        SegmentOpenError::Io(source) => OpenError::Io {
-            name: name.into(),
-            source,
-        },
-    })?;
+    let (segment, stat) = opened.map_err(|e| OpenError::from_shm(name, e))?;
     // SAFETY: the mapping is at least HEADER_BYTES long and page-aligned; Header is 256
     // bytes of atomics, valid for any bit pattern.
     let header = unsafe { &*(segment.as_ptr() as *const layout::Header) };

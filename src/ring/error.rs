@@ -168,6 +168,27 @@ pub struct ReadersTimeout {
 }
 
 impl OpenError {
+    /// The error of opening (or unlinking) the segment of the ring `name`. A segment of size 0
+    /// is one whose creator has not sized it yet: [`OpenError::NotReady`].
+    pub(crate) fn from_shm(name: &str, e: crate::shm::SegmentOpenError) -> OpenError {
+        use crate::shm::SegmentOpenError as E;
+        match e {
+            E::Name(n) => OpenError::InvalidName(n),
+            E::NotFound => OpenError::NotFound { name: name.into() },
+            E::PermissionDenied => OpenError::PermissionDenied { name: name.into() },
+            E::TooSmall { size: 0, .. } => OpenError::NotReady { name: name.into() },
+            E::TooSmall { size, min } => OpenError::Truncated {
+                name: name.into(),
+                size,
+                expected: min,
+            },
+            E::Io(source) => OpenError::Io {
+                name: name.into(),
+                source,
+            },
+        }
+    }
+
     /// True for [`OpenError::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, OpenError::NotFound { .. })

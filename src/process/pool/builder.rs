@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::scheduler::{Inner, Slot, Spawner, WorkerStart};
-use super::status::{POOL_STATUS_TAG, STATUS_WORDS};
+use super::status::{st, POOL_STATUS_TAG, STATUS_WORDS};
 use super::task::{ExitFn, FnTaskOf, InitFn, KindsOf, PoolOf, StartFn, Task, WorkerInfo};
 use super::worker::Worker;
 use super::WorkerPool;
@@ -258,6 +258,11 @@ where
             Counters::create(POOL_STATUS_TAG, self.workers * STATUS_WORDS)
                 .map_err(|e| PoolError::Io(std::io::Error::other(e.to_string())))?,
         );
+        for w in 0..self.workers {
+            counters
+                .get(w * STATUS_WORDS + st::WORKERS)
+                .store(self.workers as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         let task = Arc::new(task);
         let (name, cpus, allow, lifespan, timed, wait) = (
             self.name.clone(),

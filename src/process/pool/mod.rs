@@ -39,8 +39,8 @@ mod worker;
 
 pub use builder::PoolBuilder;
 pub use iter::{AsyncResult, Imap, ImapUnordered};
-pub use status::WorkerInsight;
 pub(crate) use status::POOL_STATUS_TAG;
+pub use status::{PoolSnapshot, WorkerInsight, WorkerSample};
 pub use task::{Task, WorkerInfo};
 
 use std::sync::{Arc, Mutex, MutexGuard};

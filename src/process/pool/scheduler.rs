@@ -219,9 +219,11 @@ impl<K: Kinds> Inner<K> {
     }
 
     pub(crate) fn start(&mut self, w: usize) -> Result<(), PoolError> {
-        for k in 0..STATUS_WORDS {
+        for k in (0..STATUS_WORDS).filter(|k| !st::KEPT.contains(k)) {
             self.status().set(w * STATUS_WORDS + k, 0);
         }
+        self.status()
+            .set(w * STATUS_WORDS + st::RESTARTS, self.slots[w].restarts);
         let info = WorkerInfo {
             id: w,
             workers: self.slots.len(),

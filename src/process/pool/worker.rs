@@ -90,6 +90,7 @@ where
             let t = now();
             let n = items.len() as u64;
             s.set(st::JOB, job);
+            s.set(st::CHUNK_STARTED, sys::monotonic_ns());
             let mut outputs = Vec::with_capacity(items.len());
             let mut failures = Vec::new();
             let mut items = items.into_iter().enumerate();
@@ -120,6 +121,8 @@ where
             }
             IN_TASK.with(|t| t.set(false));
             s.set(st::CURRENT, 0);
+            // Cleared first: a reader in between counts the chunk short, never twice.
+            s.set(st::CHUNK_STARTED, 0);
             s.add(st::NS_WORKING, ns(t));
             s.add(st::TASKS, n);
             done += n;
