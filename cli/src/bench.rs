@@ -26,6 +26,7 @@ Examples:
   shmflow bench --quick
   shmflow bench --runs 7 --cpus 0,1
   shmflow bench --json > bench.json
+  shmflow bench --quick --plot bench.svg
   shmflow bench --soak 10            # ten minutes of frames, readers attaching and detaching";
 
 /// Arguments of `shmflow bench`.
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// Skip the worker-pool scenarios
     #[arg(long)]
     no_pool: bool,
+    /// Also draw the figures as an SVG chart into FILE (frames/s per transport with min-max
+    /// whiskers and the pipeline limit; round trips on a log scale)
+    #[arg(long, value_name = "FILE.svg", conflicts_with = "soak")]
+    plot: Option<std::path::PathBuf>,
     /// Instead of the figures: stream frames through three rings for MINUTES (fractions
     /// allowed) with readers attaching and detaching, then check every frame's ledger
     #[arg(long, value_name = "MINUTES", value_parser = parse_minutes)]
@@ -95,6 +100,11 @@ pub fn run_bench(a: BenchArgs) -> CliResult {
     }
     o.cpus = a.cpus;
     o.pool = !a.no_pool;
+    // A plot file that cannot be written is found before the run, not after it.
+    if let Some(path) = &a.plot {
+        std::fs::File::create(path)
+            .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))?;
+    }
     let tty = std::io::stderr().is_terminal();
     let results = bench::run(&o, |what| {
         if tty {
@@ -113,6 +123,11 @@ pub fn run_bench(a: BenchArgs) -> CliResult {
         );
     } else {
         print_table(&results);
+    }
+    // After the figures are out: a plot that cannot be written loses nothing of the run.
+    if let Some(path) = &a.plot {
+        crate::plot::write_svg(path, &results, &bench::machine(), &crate::plot::today())
+            .map_err(Failure::new)?;
     }
     Ok(())
 }

@@ -11,7 +11,8 @@
 //!   or figures from a ring to stdout);
 //! - [`admin`]: `ls`, `inspect`, `rm`, `gc`;
 //! - [`top`]: `top`, the live view of every ring and pool (ratatui), and its `--once` snapshot;
-//! - [`mod@bench`]: `bench` (the benchmark harness in [`harness`], printed as a table or JSON);
+//! - [`mod@bench`]: `bench` (the benchmark harness in [`harness`], printed as a table or JSON,
+//!   drawn as SVG by [`plot`]);
 //! - [`demo`]: `demo`, the main job.
 //!
 //! To add a subcommand (e.g. `bench`, `demo`): write `cli/src/<name>.rs` with its `Args` and
@@ -29,6 +30,7 @@ mod bench;
 mod common;
 mod demo;
 mod harness;
+mod plot;
 mod pubsub;
 mod top;
 

@@ -911,8 +911,10 @@ fn leftovers(pat: &str) -> Vec<String> {
 
 #[test]
 fn bench_quick_runs_end_to_end_and_reports_every_figure() {
+    let svg = std::env::temp_dir().join(format!("{}.svg", unique_name("bench-plot")));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_shmflow"))
-        .args(["bench", "--quick", "--json"])
+        .args(["bench", "--quick", "--json", "--plot"])
+        .arg(&svg)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -963,11 +965,77 @@ fn bench_quick_runs_end_to_end_and_reports_every_figure() {
     assert!(has("pool_idle_cpu", "pool_2w", "%"));
     assert!(has("pool_frames_1080p", "pool_1w", "frames/s"));
     assert!(has("pool_frames_1080p", "pool_2w", "frames/s"));
+    let plot = std::fs::read_to_string(&svg).expect("bench --plot wrote its file");
+    let _ = std::fs::remove_file(&svg);
+    assert_well_formed_svg(&plot);
+    let texts = svg_texts(&plot);
+    for r in results {
+        let (s, t) = (
+            r["scenario"].as_str().unwrap(),
+            r["transport"].as_str().unwrap(),
+        );
+        let named = match r["unit"].as_str().unwrap() {
+            "frames/s" if s.starts_with("frames_") && !t.starts_with("limit_") => {
+                texts.iter().any(|x| x == t)
+            }
+            // The pipeline limit is the line, named in its legend.
+            "frames/s" if s.starts_with("frames_") => {
+                texts.iter().any(|x| x.starts_with("pipeline limit"))
+            }
+            "us" => texts.iter().any(|x| *x == format!("{s} {t}")),
+            _ => true,
+        };
+        assert!(named, "the plot does not name {s} {t}: {texts:?}");
+    }
     let left: Vec<String> = leftovers(&format!("-{pid}-"))
         .into_iter()
         .filter(|n| n.starts_with("shmflow.bench-") || n.starts_with("shmflow.pool-"))
         .collect();
     assert!(left.is_empty(), "segments left: {left:?}");
+}
+
+/// Every element of `svg` is closed in order, and it is one `<svg>` element.
+fn assert_well_formed_svg(svg: &str) {
+    let mut open: Vec<String> = Vec::new();
+    let mut rest = svg.trim();
+    assert!(
+        rest.starts_with("<svg ") && rest.ends_with("</svg>"),
+        "not an SVG document"
+    );
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').expect("unclosed tag") + start;
+        let tag = &rest[start + 1..end];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(
+                open.pop().as_deref(),
+                Some(name.trim()),
+                "mismatched </{name}>"
+            );
+        } else if !tag.ends_with('/') && !tag.starts_with('?') && !tag.starts_with('!') {
+            open.push(
+                tag.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        rest = &rest[end + 1..];
+        if open.is_empty() {
+            assert!(rest.trim().is_empty(), "content after </svg>");
+        }
+    }
+    assert!(open.is_empty(), "unclosed elements {open:?}");
+}
+
+/// The contents of the `<text>` elements of `svg`.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..t.find("</text>")?];
+            Some(body.trim().to_string())
+        })
+        .collect()
 }
 
 #[test]
