@@ -29,9 +29,12 @@ pub const TOP_ABOUT: &str = "\
 A live view of every ring and worker pool on the machine, refreshed every --interval: per ring \
 its mode, dtype, shape and slots, its writers (pid, alive or dead, frames/s, bytes/s) and \
 readers (backlog, frames held, missed frames, frames/s); per pool its workers (pid, busy %, \
-tasks/s, restarts).
+tasks/s, restarts; busy is the share of the interval spent inside tasks, which for a frame \
+pool includes waiting for the task's frame).
 
-A reader's backlog is the frames committed since its cursor: for a lossless reader that cursor is the oldest frame it holds (the writer cannot reuse those slots), for a drop-oldest or lossy reader the next frame it reads.
+A reader's backlog is the frames committed since its cursor: for a lossless reader that cursor \
+is the oldest frame it holds (the writer cannot reuse those slots), for a drop-oldest or lossy \
+reader the next frame it reads.
 
 Rates are differences of the counters in the segments, read twice: top attaches to nothing and \
 writes nothing. Bytes/s count whole slots (frames/s x slot size), an upper bound when frames \
@@ -758,12 +761,14 @@ fn draw(f: &mut ratatui::Frame, v: &View, ui: &Ui, interval: Duration) {
         title,
     );
     let all = rows(v);
-    let name_width = all
-        .iter()
-        .map(|(_, c)| c[0].chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(HEADER[0].len()) as u16;
+    // Every column but the last is as wide as its widest cell (names are shown whole); the
+    // last one, the state, takes the rest.
+    let mut width = HEADER.map(|h| h.len() as u16);
+    for (_, cells) in &all {
+        for (w, c) in width.iter_mut().zip(cells) {
+            *w = (*w).max(c.chars().count() as u16);
+        }
+    }
     let skip = ui.scroll.min(all.len().saturating_sub(1));
     let table_rows = all.into_iter().skip(skip).map(|(kind, cells)| {
         let style = match kind {
@@ -773,18 +778,13 @@ fn draw(f: &mut ratatui::Frame, v: &View, ui: &Ui, interval: Duration) {
         };
         Row::new(cells.map(Cell::from)).style(style)
     });
-    // Names are shown whole: the first column is as wide as the longest.
-    let widths = [
-        Constraint::Length(name_width),
-        Constraint::Length(17),
-        Constraint::Min(14),
-        Constraint::Length(13),
-        Constraint::Length(12),
-        Constraint::Length(8),
-        Constraint::Length(11),
-        Constraint::Length(12),
-        Constraint::Min(20),
-    ];
+    let widths: [Constraint; 9] = std::array::from_fn(|k| {
+        if k + 1 == HEADER.len() {
+            Constraint::Min(width[k])
+        } else {
+            Constraint::Length(width[k])
+        }
+    });
     let table = Table::new(table_rows, widths)
         .header(
             Row::new(HEADER.map(Cell::from)).style(Style::new().add_modifier(Modifier::REVERSED)),

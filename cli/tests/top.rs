@@ -446,8 +446,27 @@ fn strip_escapes(b: &[u8]) -> String {
     out
 }
 
+/// How a test ends the live view.
+enum Quit {
+    Key(&'static [u8]),
+    Sigterm,
+}
+
 #[test]
 fn top_live_view_shows_the_ring_and_q_restores_the_terminal() {
+    live_view_then(Quit::Key(b"q"), Some(0));
+}
+
+#[test]
+fn top_live_view_restores_the_terminal_on_ctrl_c_and_on_sigterm() {
+    // Raw mode turns Ctrl-C into a key; SIGTERM from outside is caught and ends the loop.
+    live_view_then(Quit::Key(b"\x03"), Some(0));
+    live_view_then(Quit::Sigterm, Some(130));
+}
+
+/// Starts `shmflow top` on a pseudo-terminal, waits for one frame of its screen with a ring's
+/// name, quits it with `quit`, and checks the exit code and that the terminal is as before.
+fn live_view_then(quit: Quit, code: Option<i32>) {
     let name = unique_name("top-tui");
     let _g = RingGuard(name.clone());
     let _ring = Ring::<u8>::create(&name)
@@ -499,23 +518,29 @@ fn top_live_view_shows_the_ring_and_q_restores_the_terminal() {
         original.c_lflag,
         raw.c_lflag
     );
-    // SAFETY: writing one byte from a live buffer to the master.
-    assert_eq!(
-        unsafe { libc::write(master.as_raw_fd(), b"q".as_ptr().cast(), 1) },
-        1
-    );
+    match quit {
+        Quit::Key(k) => {
+            // SAFETY: writing from a live buffer of k.len() bytes to the master.
+            let n = unsafe { libc::write(master.as_raw_fd(), k.as_ptr().cast(), k.len()) };
+            assert_eq!(n, k.len() as isize);
+        }
+        Quit::Sigterm => {
+            // SAFETY: a signal to our own child, not yet reaped.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        }
+    }
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         if start.elapsed() > LIMIT {
             let _ = child.kill();
-            panic!("top did not quit on q");
+            panic!("top did not quit");
         }
         drain(&master, Duration::from_millis(20), &mut screen);
     };
     drain(&master, Duration::from_millis(50), &mut screen);
-    assert!(status.success(), "{status:?}");
+    assert_eq!(status.code(), code, "{status:?}");
     let tail = String::from_utf8_lossy(&screen);
     let left = tail
         .rfind("\u{1b}[?1049l")
