@@ -211,7 +211,8 @@ fn top_attaches_nothing_and_writes_nothing() {
     assert_eq!(r.try_recv().unwrap().seq(), 1);
 }
 
-/// Re-executed: builds a pool of 2 workers, runs 20 tasks, then keeps one worker in a long
+/// Re-executed: builds a pool of 2 workers, has one killed in a task (and replaced), runs 20
+/// tasks, then keeps one worker in a long
 /// task; says POOL-READY once it runs, and exits cleanly when stdin closes.
 fn pool_child() {
     use shmflow::process::{ThreadedFork, WorkerPool};
@@ -223,10 +224,16 @@ fn pool_child() {
     }
     let pool = builder
         .build(|_: &mut (), _, ms: u64| {
+            if ms == u64::MAX {
+                // SAFETY: a signal to this worker process itself: it dies like an OOM kill.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
             std::thread::sleep(Duration::from_millis(ms));
             ms
         })
         .unwrap();
+    // One worker dies first and is replaced: top must show the restart, kept across it.
+    assert!(pool.apply(u64::MAX).is_err(), "the killed task failed");
     assert_eq!(pool.map(vec![0u64; 20]).unwrap().len(), 20);
     // Long enough to outlast top's two samples, short enough to wait for at the end.
     let long = pool.apply_async(5_000);
@@ -315,9 +322,17 @@ fn top_once_json_shows_a_pool_with_its_workers_tasks_and_busy_time() {
     for w in workers {
         assert_eq!(w["alive"], true, "{w}");
         assert_eq!(w["ready"], true, "{w}");
-        assert_eq!(w["restarts"], 0, "{w}");
         assert_rate_means_counters(w, "tasks", interval);
     }
+    let restarts: Vec<u64> = workers
+        .iter()
+        .map(|w| w["restarts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        restarts.iter().sum::<u64>(),
+        1,
+        "one worker was killed and replaced: {pool}"
+    );
     let busy: Vec<&Value> = workers.iter().filter(|w| w["busy"] == true).collect();
     assert_eq!(busy.len(), 1, "{pool}");
     // It slept in its task through the whole interval: busy all of it (the counters' meaning,
