@@ -38,17 +38,9 @@ fn make_ring(name: &str, bp: Backpressure, slots: u32, readers: u32) -> Ring<u8>
 /// `Ring::reader` call has returned: a broadcast reader only sees frames committed after that,
 /// so the writer must not start before).
 fn wait_attached(ready: &AtomicU64, n: u64) {
-    wait_until(&format!("{n} readers to attach"), || {
+    wait_until(&format!("{n} readers to attach"), PATIENCE, || {
         ready.load(SeqCst) >= n
     });
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_micros(200));
-    }
 }
 
 fn write_frame(slot: &mut shmflow::WriteSlot<u8>) {
@@ -247,7 +239,7 @@ fn block_slow_reader_holds_writer_back() {
                     // While we hold frame k, the writer cannot have committed past k + SLOTS.
                     if f.seq() == 10 {
                         // Let the writer run into us, then check it stays there.
-                        wait_until("the writer to fill the ring", || {
+                        wait_until("the writer to fill the ring", PATIENCE, || {
                             ring.status().write_seq == 10 + SLOTS
                         });
                         std::thread::sleep(Duration::from_millis(50));
@@ -341,7 +333,7 @@ fn drop_oldest_writer_never_waits_and_never_tears() {
                             check_frame(who, &f);
                             ledger.record(f.seq(), f.missed(), (0, 0));
                             flags_ref[HELD].store(f.seq() + 1, SeqCst);
-                            wait_until("the writer to finish", || {
+                            wait_until("the writer to finish", PATIENCE, || {
                                 flags_ref[DONE].load(SeqCst) == 1
                             });
                             let w = ring.status().write_seq;
@@ -401,7 +393,7 @@ fn drop_oldest_writer_never_waits_and_never_tears() {
         }
         if seq == 0 {
             // Let the holder take frame 0 before lapping the ring.
-            wait_until("the holder to hold a frame", || {
+            wait_until("the holder to hold a frame", PATIENCE, || {
                 flags[HELD].load(SeqCst) != 0
             });
             assert_eq!(flags[HELD].load(SeqCst), 1, "the holder holds frame 0");

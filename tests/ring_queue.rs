@@ -139,14 +139,6 @@ fn check_union(ledgers: &[Vec<(u64, u64)>], expected: &BTreeSet<u64>) -> BTreeMa
     by_tag
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
 // ------------------------------------------------------------------ tests
 
 /// 2 writer processes, 3 reader processes: every frame is delivered exactly once, intact.
@@ -380,7 +372,7 @@ fn dropped_write_slot_is_skipped_and_counted() {
             })
         })
         .collect();
-    wait_until("2 readers", || ring.status().readers.len() == 2);
+    wait_until("2 readers", PATIENCE, || ring.status().readers.len() == 2);
     let n = name.clone();
     let writer = fork_child(move || {
         let mut w = Ring::<u8>::open(&n).unwrap().writer().unwrap();

@@ -235,10 +235,10 @@ fn peers(
 fn view(before: &Sample, now: Sample, filter: Option<&str>, sort: SortKey) -> View {
     let secs = now.at.duration_since(before.at).as_secs_f64();
     let keep = |name: &str| filter.is_none_or(|f| name.contains(f));
-    let earlier: HashMap<&str, &RingStatus> = before
+    let earlier: HashMap<&str, (u64, &RingStatus)> = before
         .rings
         .iter()
-        .map(|(i, s)| (i.name.as_str(), s))
+        .map(|(i, s)| (i.name.as_str(), (i.created_unix_ns, s)))
         .collect();
     let mut rings: Vec<RingView> = now
         .rings
@@ -248,8 +248,8 @@ fn view(before: &Sample, now: Sample, filter: Option<&str>, sort: SortKey) -> Vi
             // A ring of the same name but a different creation is another ring.
             let b = earlier
                 .get(info.name.as_str())
-                .copied()
-                .filter(|_| before_created(before, &info) == Some(info.created_unix_ns));
+                .filter(|(created, _)| *created == info.created_unix_ns)
+                .map(|(_, s)| *s);
             let queue = info.mode == Mode::Queue;
             let writers = peers(
                 &status.writers,
@@ -340,14 +340,6 @@ fn view(before: &Sample, now: Sample, filter: Option<&str>, sort: SortKey) -> Vi
     }
 }
 
-fn before_created(before: &Sample, info: &RingInfo) -> Option<u64> {
-    before
-        .rings
-        .iter()
-        .find(|(i, _)| i.name == info.name)
-        .map(|(i, _)| i.created_unix_ns)
-}
-
 // ---------------------------------------------------------------- formatting
 
 fn f_rate(r: Option<f64>) -> String {
@@ -410,50 +402,25 @@ fn rows(v: &View) -> Vec<(RowKind, [String; 9])> {
             ],
         ));
         for w in &r.writers {
-            out.push((
-                if w.peer.alive {
-                    RowKind::Peer
-                } else {
-                    RowKind::Dead
-                },
-                [
-                    format!("  writer #{}", w.peer.index),
-                    String::new(),
-                    String::new(),
-                    format!("{} {}", w.peer.pid, alive(w.peer.alive)),
-                    w.peer.frames.to_string(),
-                    f_rate(w.frames_per_s),
-                    f_bytes_rate(w.frames_per_s.map(|f| f * i.slot_bytes as f64)),
-                    String::new(),
-                    String::new(),
-                ],
+            out.push(peer_row(
+                "writer",
+                w,
+                i.slot_bytes,
+                [String::new(), String::new()],
             ));
         }
         for rd in &r.readers {
-            out.push((
-                if rd.peer.alive {
-                    RowKind::Peer
-                } else {
-                    RowKind::Dead
-                },
-                [
-                    format!("  reader #{}", rd.peer.index),
-                    String::new(),
-                    String::new(),
-                    format!("{} {}", rd.peer.pid, alive(rd.peer.alive)),
-                    rd.peer.frames.to_string(),
-                    f_rate(rd.frames_per_s),
-                    f_bytes_rate(rd.frames_per_s.map(|f| f * i.slot_bytes as f64)),
-                    format!("backlog {}", rd.backlog),
-                    format!(
-                        "held {}/{}  missed {} ({}/s)",
-                        rd.peer.held,
-                        rd.peer.max_held,
-                        rd.peer.missed,
-                        f_rate(rd.missed_per_s)
-                    ),
-                ],
-            ));
+            let reader = [
+                format!("backlog {}", rd.backlog),
+                format!(
+                    "held {}/{}  missed {} ({}/s)",
+                    rd.peer.held,
+                    rd.peer.max_held,
+                    rd.peer.missed,
+                    f_rate(rd.missed_per_s)
+                ),
+            ];
+            out.push(peer_row("reader", rd, i.slot_bytes, reader));
         }
     }
     for p in &v.pools {
@@ -465,7 +432,7 @@ fn rows(v: &View) -> Vec<(RowKind, [String; 9])> {
                 format!("{} workers", p.workers.len()),
                 format!("{} {}", p.pool.owner, alive(p.pool.owner_alive)),
                 format!("tasks {}", p.workers.iter().map(|w| w.w.tasks).sum::<u64>()),
-                f_rate(sum_rates(p.workers.iter().map(|w| w.tasks_per_s))),
+                f_rate(p.workers.iter().map(|w| w.tasks_per_s).sum::<Option<f64>>()),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -514,8 +481,32 @@ fn rows(v: &View) -> Vec<(RowKind, [String; 9])> {
     out
 }
 
-fn sum_rates(r: impl Iterator<Item = Option<f64>>) -> Option<f64> {
-    r.sum::<Option<f64>>()
+/// The row of a writer or reader: its columns, then `last` (backlog and state).
+fn peer_row(
+    role: &str,
+    p: &PeerView,
+    slot_bytes: u64,
+    last: [String; 2],
+) -> (RowKind, [String; 9]) {
+    let [backlog, state] = last;
+    (
+        if p.peer.alive {
+            RowKind::Peer
+        } else {
+            RowKind::Dead
+        },
+        [
+            format!("  {role} #{}", p.peer.index),
+            String::new(),
+            String::new(),
+            format!("{} {}", p.peer.pid, alive(p.peer.alive)),
+            p.peer.frames.to_string(),
+            f_rate(p.frames_per_s),
+            f_bytes_rate(p.frames_per_s.map(|f| f * slot_bytes as f64)),
+            backlog,
+            state,
+        ],
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{fill, unique_name, RingGuard};
+use common::{fill, unique_name, wait_until, RingGuard};
 use md5::{Digest, Md5};
 use shmflow::OpenError;
 
@@ -187,20 +187,14 @@ fn exists(name: &str) -> bool {
     }
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn wait_for_ring(name: &str) {
-    wait_until(&format!("ring {name}"), || shmflow::inspect(name).is_ok());
+    wait_until(&format!("ring {name}"), LIMIT, || {
+        shmflow::inspect(name).is_ok()
+    });
 }
 
 fn wait_for_readers(name: &str, n: usize) {
-    wait_until(&format!("{n} readers on {name}"), || {
+    wait_until(&format!("{n} readers on {name}"), LIMIT, || {
         shmflow::inspect(name).is_ok_and(|(_, s)| s.readers.iter().filter(|p| p.alive).count() >= n)
     });
 }
@@ -823,7 +817,7 @@ fn permission_denied_is_one_line() {
     let _g = RingGuard(name.clone());
     // A ring nobody may open; root ignores file modes, so root tries as user `nobody`.
     let mut publisher = spawn(&["pub", &name, "--shape", "4", "--permissions", "000"]);
-    wait_until("the ring", || exists(&name));
+    wait_until("the ring", LIMIT, || exists(&name));
     // The binary, where user `nobody` can run it (the work tree may not be reachable).
     let exe = std::env::temp_dir().join(format!("shmflow-cli-test-{}", std::process::id()));
     let root = is_root();
@@ -883,7 +877,7 @@ fn exiting_owner_does_not_remove_a_newer_ring_of_the_same_name() {
     wait_for_ring(&name);
     assert_ok(&run(&["rm", &name], b""));
     let mut second = spawn(&["pub", &name, "--shape", "8"]);
-    wait_until("the second ring", || {
+    wait_until("the second ring", LIMIT, || {
         shmflow::inspect(&name).is_ok_and(|(i, _)| i.creator_pid == second.pid())
     });
     first.close_stdin();
@@ -1051,7 +1045,7 @@ fn ctrl_c_ends_pub_cleanly_waiting_for_input_or_for_a_slot() {
         .unwrap()
         .write_all(&frames(3, 16))
         .unwrap();
-    wait_until("3 frames published", || {
+    wait_until("3 frames published", LIMIT, || {
         shmflow::inspect(&name).is_ok_and(|(_, s)| s.write_seq >= 3)
     });
     // SAFETY: kill(2) on our own child.
@@ -1079,7 +1073,7 @@ fn ctrl_c_ends_pub_cleanly_waiting_for_input_or_for_a_slot() {
     let ring = shmflow::Ring::<u8>::open(&name).unwrap();
     let _stalled = ring.reader().unwrap();
     let feeder = publisher.feed(frames(10, 16));
-    wait_until("the ring is full", || {
+    wait_until("the ring is full", LIMIT, || {
         shmflow::inspect(&name).is_ok_and(|(_, s)| s.write_seq >= 2)
     });
     // SAFETY: kill(2) on our own child.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{reexec, role, unique_name, RingGuard};
+use common::{reexec, role, unique_name, wait_until, RingGuard};
 use serde_json::Value;
 use shmflow::{Backpressure, Mode, Ring};
 
@@ -53,14 +53,6 @@ fn assert_rate_means_counters(peer: &Value, counter: &str, interval: f64) {
         (rate - want).abs() <= 1e-9 * want.max(1.0),
         "{counter}_per_s {rate} is not ({now} - {before}) / {interval}: {peer}"
     );
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
@@ -136,7 +128,7 @@ fn top_once_json_shows_rates_held_frames_and_a_killed_writer() {
         .unwrap()
         .write_all(&[1u8; 48])
         .unwrap();
-    wait_until("3 frames from the publisher", || {
+    wait_until("3 frames from the publisher", LIMIT, || {
         kring.status().write_seq == 3
     });
     let killed_pid = publisher.id();
@@ -238,7 +230,7 @@ fn pool_child() {
     // Long enough to outlast top's two samples, short enough to wait for at the end.
     let long = pool.apply_async(5_000);
     // The caller's thread drives the pool: waiting on the result sends the task.
-    wait_until("a busy worker", || {
+    wait_until("a busy worker", LIMIT, || {
         let _ = long.ready();
         busy_workers(std::process::id()) == 1
     });

@@ -872,13 +872,13 @@ pub fn list() -> std::io::Result<Vec<String>> {
     Segment::list()
 }
 
-/// Opens and validates a segment's header without checking its dtype or rank, waiting at most
-/// `wait` for a creator that is still initialising it.
 /// The writer-FIFO token of the ring `name`, read from its header without attaching.
 pub(crate) fn doorbell_token_of(name: &str) -> Result<u64, OpenError> {
     open_segment(name, Duration::ZERO).map(|(_, _, creator)| creator.doorbell_token)
 }
 
+/// Opens and validates a segment's header without checking its dtype or rank, waiting at most
+/// `wait` for a creator that is still initialising it.
 pub(crate) fn open_segment(
     name: &str,
     wait: Duration,

@@ -765,6 +765,19 @@ impl Counters {
         Ok(Counters { segment, len })
     }
 
+    /// Opens a block made by [`Counters::create`] whatever its length (for a reader in another
+    /// process, which learns the length from the block itself): all of its words.
+    pub(crate) fn open_whole(name: &str) -> Result<Counters, SegmentOpenError> {
+        let (segment, stat) = Segment::open(name, 8)?;
+        let len = usize::try_from(stat.size / 8).unwrap_or(usize::MAX);
+        Ok(Counters { segment, len })
+    }
+
+    /// Its number of counters.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// The segment's name.
     pub(crate) fn name(&self) -> &str {
         &self.segment.name

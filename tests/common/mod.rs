@@ -105,6 +105,15 @@ impl Drop for Child {
     }
 }
 
+/// Polls `cond` (every millisecond) until it holds; panics naming `what` after `within`.
+pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Environment variable that tells a re-executed test binary which role to play.
 pub const ROLE_ENV: &str = "SHMFLOW_TEST_ROLE";
 

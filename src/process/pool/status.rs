@@ -141,11 +141,9 @@ impl PoolSnapshot {
     pub fn read(name: &str) -> Result<PoolSnapshot, OpenError> {
         let owner = Counters::owner(name, POOL_STATUS_TAG)
             .ok_or_else(|| OpenError::NotFound { name: name.into() })?;
-        let size = std::fs::metadata(crate::shm::segment_path(name))
-            .map(|m| m.len())
-            .map_err(|_| OpenError::NotFound { name: name.into() })?;
-        let words = usize::try_from(size / 8).unwrap_or(usize::MAX);
-        let c = Counters::open(name, words).map_err(|e| OpenError::from_shm(name, e))?;
+        let c = Counters::open_whole(name).map_err(|e| OpenError::from_shm(name, e))?;
+        let words = c.len();
+        let size = words as u64 * 8;
         let workers = if words > st::WORKERS {
             c.get(st::WORKERS)
                 .load(std::sync::atomic::Ordering::Relaxed)
