@@ -659,9 +659,12 @@ fn live(a: TopArgs) -> CliResult {
         scroll: 0,
     };
     let result = (|| -> CliResult<bool> {
+        // The first screen has no rates yet ("-"); the first ones come one interval later,
+        // never from two reads microseconds apart.
+        let filter = (!ui.filter.is_empty()).then_some(ui.filter.as_str());
         let mut before = sample()?;
-        let mut shown = view(&before, sample()?, None, ui.sort);
-        let mut next = Instant::now();
+        let mut shown = view(&before, before.clone(), filter, ui.sort);
+        let mut next = Instant::now() + a.interval;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(true);
