@@ -38,7 +38,9 @@ def shmflow_bin():
 
 
 def python_child(code, *args, **kw):
-    """Starts `python -c code args...` (stdout and stderr piped, text)."""
+    """Starts `python -c code args...` (stdout and stderr piped, text). It runs in /, so that
+    `import shmflow` finds the installed package, not the source folder python/shmflow."""
+    kw.setdefault("cwd", "/")
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
         stdout=subprocess.PIPE,
