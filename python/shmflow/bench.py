@@ -8,7 +8,10 @@ every byte (``arr.max()``). Both are fresh ``spawn`` processes; the reader times
 first frame to its last. Each figure is the median of R runs (min-max beside it).
 
 Transports:
-  shmflow      a lossless ("block") shmflow ring of 4 slots, filled in place (reserve)
+  shmflow      a lossless ("block") shmflow ring of 4 slots, filled in place (reserve);
+               both ends wait by spinning 50 us, then sleeping (the default)
+  shmflow-busy the same with spin="busy" at both ends: they never sleep (as iceoryx2's
+               polling subscriber and retrying publisher do)
   mp.Queue     multiprocessing.Queue(maxsize=4) of numpy arrays (pickled through a pipe)
   shm+sem      a multiprocessing.shared_memory ring of 4 slots with a semaphore pair
   iceoryx2     iceoryx2's Python package, publish-subscribe, loaned slices viewed through
@@ -34,7 +37,7 @@ import uuid
 
 import numpy as np
 
-SLOTS = 4
+SLOTS = int(os.environ.get("SHMFLOW_BENCH_SLOTS", "4"))  # slots of every ring (and queue size)
 
 
 def _fill(a, i):
@@ -48,10 +51,10 @@ def _read(a):
 # ---------------------------------------------------------------- shmflow
 
 
-def _shmflow_writer(name, shape, n, go):
+def _shmflow_writer(name, shape, n, go, spin=None):
     import shmflow
 
-    w = shmflow.open(name, timeout=30).writer()
+    w = shmflow.open(name, timeout=30).writer(spin=spin)
     w.wait_for_readers(1, timeout=30)
     go.wait(30)
     for i in range(n):
@@ -59,10 +62,10 @@ def _shmflow_writer(name, shape, n, go):
             _fill(a, i)
 
 
-def _shmflow_reader(name, shape, n, ready, result):
+def _shmflow_reader(name, shape, n, ready, result, spin=None):
     import shmflow
 
-    r = shmflow.open(name, timeout=30).reader()
+    r = shmflow.open(name, timeout=30).reader(spin=spin)
     ready.set()
     t0 = None
     for i in range(n):
@@ -79,6 +82,14 @@ def _shmflow_setup(shape):
     name = f"bench-py-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     ring = shmflow.create(name, shape=shape, dtype=np.uint8, slots=SLOTS, mode="block")
     return ring, name
+
+
+def _shmflow_busy_writer(name, shape, n, go):
+    _shmflow_writer(name, shape, n, go, spin="busy")
+
+
+def _shmflow_busy_reader(name, shape, n, ready, result):
+    _shmflow_reader(name, shape, n, ready, result, spin="busy")
 
 
 # ---------------------------------------------------------------- multiprocessing.Queue
@@ -347,6 +358,8 @@ def main(argv=None):
         return name, lambda: ring.remove()
 
     measure("shmflow", _shmflow_writer, _shmflow_reader, shmflow_ring, args.frames)
+    measure("shmflow-busy", _shmflow_busy_writer, _shmflow_busy_reader, shmflow_ring,
+            args.frames)
 
     def mp_queue():
         return ctx.Queue(maxsize=SLOTS), lambda: None

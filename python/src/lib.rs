@@ -498,8 +498,10 @@ impl PyRing {
 
     /// Attaches a writer (a broadcast ring has one at a time; a queue ring up to
     /// `max_writers`).
-    fn writer(&self, py: Python<'_>) -> PyResult<PyWriter> {
-        let w = match &self.ring {
+    #[pyo3(signature = (*, spin = None))]
+    fn writer(&self, py: Python<'_>, spin: Option<&Bound<'_, PyAny>>) -> PyResult<PyWriter> {
+        let strategy = wait_strategy(spin)?;
+        let mut w = match &self.ring {
             AnyRing::U8(r) => r.writer().map(AnyWriter::U8),
             AnyRing::I8(r) => r.writer().map(AnyWriter::I8),
             AnyRing::U16(r) => r.writer().map(AnyWriter::U16),
@@ -512,6 +514,7 @@ impl PyRing {
             AnyRing::F64(r) => r.writer().map(AnyWriter::F64),
         }
         .map_err(|e| attach_error(py, e))?;
+        each!(&mut w, AnyWriter, w => w.set_wait_strategy(strategy));
         Ok(PyWriter {
             writer: w,
             quarantine: Arc::default(),
@@ -522,9 +525,16 @@ impl PyRing {
     /// `lossy=True` makes a reader of a lossless ring that the writer never waits for (it
     /// skips ahead, counting `missed`); `max_held` frames may be held at once (1 to
     /// slots - 1).
-    #[pyo3(signature = (*, lossy = false, max_held = 1))]
-    fn reader(&self, py: Python<'_>, lossy: bool, max_held: u32) -> PyResult<PyReader> {
-        let r = match &self.ring {
+    #[pyo3(signature = (*, lossy = false, max_held = 1, spin = None))]
+    fn reader(
+        &self,
+        py: Python<'_>,
+        lossy: bool,
+        max_held: u32,
+        spin: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyReader> {
+        let strategy = wait_strategy(spin)?;
+        let mut r = match &self.ring {
             AnyRing::U8(r) => r
                 .attach_reader()
                 .lossy(lossy)
@@ -587,6 +597,7 @@ impl PyRing {
                 .map(AnyReader::F64),
         }
         .map_err(|e| attach_error(py, e))?;
+        each!(&mut r, AnyReader, r => r.set_wait_strategy(strategy));
         Ok(PyReader {
             reader: r,
             lossy,
@@ -662,6 +673,33 @@ fn error_class<'py>(py: Python<'py>, class: &str) -> PyResult<Bound<'py, PyType>
 }
 
 // ------------------------------------------------------------------ module functions
+
+/// `spin=`: `None` (the default: spin 50 µs, then sleep), a number of seconds to spin before
+/// sleeping, or `"busy"` (never sleep: lowest latency, burns a core while waiting).
+fn wait_strategy(spin: Option<&Bound<'_, PyAny>>) -> PyResult<shmflow::WaitStrategy> {
+    let Some(spin) = spin else {
+        return Ok(shmflow::WaitStrategy::default());
+    };
+    if let Ok(s) = spin.extract::<String>() {
+        return match s.as_str() {
+            "busy" => Ok(shmflow::WaitStrategy::BusyPoll),
+            _ => Err(PyValueError::new_err(format!(
+                "spin must be None, a number of seconds, or \"busy\", not {s:?}"
+            ))),
+        };
+    }
+    let secs: f64 = spin
+        .extract()
+        .map_err(|_| PyTypeError::new_err("spin must be None, a number of seconds, or \"busy\""))?;
+    if !(0.0..=60.0).contains(&secs) {
+        return Err(PyValueError::new_err(format!(
+            "spin must be between 0 and 60 seconds, not {secs}"
+        )));
+    }
+    Ok(shmflow::WaitStrategy::SpinThenBlock {
+        spin: Duration::from_secs_f64(secs),
+    })
+}
 
 fn parse_mode(mode: &str) -> PyResult<Mode> {
     match mode {

@@ -293,3 +293,18 @@ def test_a_dropped_creator_handle_removes_the_ring_unless_kept(name):
     shmflow.remove(name)
     with pytest.raises(shmflow.NotFound):
         shmflow.remove(name)
+
+
+def test_wait_strategy_spin_option(name):
+    ring = shmflow.create(name, shape=(1,), dtype=np.uint8)
+    r = ring.reader(spin="busy")
+    w = ring.writer(spin=0.0)
+    w.send(np.array([1], np.uint8))
+    with r.recv(timeout=5) as f:
+        assert f.array[0] == 1
+    with pytest.raises(shmflow.Timeout):
+        r.recv(timeout=0.01)  # busy polling still honours the timeout
+    with pytest.raises(ValueError, match="spin"):
+        ring.reader(spin="fast")
+    with pytest.raises(ValueError, match="spin"):
+        ring.reader(spin=-1.0)
