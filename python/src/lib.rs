@@ -170,12 +170,12 @@ fn dtype_from_py(obj: &Bound<'_, PyAny>) -> PyResult<DType> {
         .call1((obj,))
         .map_err(|e| PyTypeError::new_err(format!("not a numpy dtype: {obj}: {e}")))?;
     let name: String = d.getattr("name")?.extract()?;
-    let byteorder: String = d.getattr("byteorder")?.extract()?;
+    let native: bool = d.getattr("isnative")?.extract()?;
     let found = DType::ALL.into_iter().find(|&t| numpy_name(t) == name);
     match found {
-        Some(_) if byteorder == ">" => Err(PyValueError::new_err(format!(
-            "dtype {name} in big-endian byte order is not supported: rings hold native-endian \
-             elements"
+        Some(_) if !native => Err(PyValueError::new_err(format!(
+            "dtype {name} in non-native byte order is not supported: rings hold elements in \
+             this machine's byte order"
         ))),
         Some(t) => Ok(t),
         None => Err(PyValueError::new_err(format!(
@@ -343,6 +343,8 @@ fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
 enum Slice<R, E> {
     Done(R),
     Failed(E),
+    /// An error this binding does not know (the library's error enums are non-exhaustive).
+    Other(String),
     TimedOut,
 }
 
@@ -516,7 +518,7 @@ impl PyRing {
         .map_err(|e| attach_error(py, e))?;
         each!(&mut w, AnyWriter, w => w.set_wait_strategy(strategy));
         Ok(PyWriter {
-            writer: w,
+            writer: Some(w),
             quarantine: Arc::default(),
         })
     }
@@ -524,16 +526,27 @@ impl PyRing {
     /// Attaches a reader. A broadcast reader sees the frames committed after it attached;
     /// `lossy=True` makes a reader of a lossless ring that the writer never waits for (it
     /// skips ahead, counting `missed`); `max_held` frames may be held at once (1 to
-    /// slots - 1).
-    #[pyo3(signature = (*, lossy = false, max_held = 1, spin = None))]
+    /// slots - 1; default 2, or 1 where the ring allows no more). `spin`: how blocking calls
+    /// wait (None: spin 50 µs, then sleep; seconds to spin; "busy": never sleep).
+    #[pyo3(signature = (*, lossy = false, max_held = None, spin = None))]
     fn reader(
         &self,
         py: Python<'_>,
         lossy: bool,
-        max_held: u32,
+        max_held: Option<u32>,
         spin: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyReader> {
         let strategy = wait_strategy(spin)?;
+        let Some(max_held) = max_held else {
+            // The default: 2, so that `for f in r: img = f.array` (whose `img` still holds
+            // the previous frame when the next is taken) works; 1 where a ring allows no more.
+            return match self.reader(py, lossy, Some(2), spin) {
+                Err(e) if e.is_instance_of::<PyValueError>(py) => {
+                    self.reader(py, lossy, Some(1), spin)
+                }
+                other => other,
+            };
+        };
         let mut r = match &self.ring {
             AnyRing::U8(r) => r
                 .attach_reader()
@@ -599,7 +612,7 @@ impl PyRing {
         .map_err(|e| attach_error(py, e))?;
         each!(&mut r, AnyReader, r => r.set_wait_strategy(strategy));
         Ok(PyReader {
-            reader: r,
+            reader: Some(r),
             lossy,
             last: None,
         })
@@ -806,6 +819,7 @@ fn open(py: Python<'_>, name: &str, timeout: Option<f64>) -> PyResult<PyRing> {
     match got {
         Slice::Done(ring) => Ok(PyRing { ring }),
         Slice::Failed(e) => Err(open_error(py, e)),
+        Slice::Other(msg) => Err(error(py, "Error", msg)),
         Slice::TimedOut => Err(error(
             py,
             "Timeout",
@@ -982,22 +996,41 @@ impl PyFrame {
 /// writer leaves.
 #[pyclass(module = "shmflow", name = "Reader")]
 struct PyReader {
-    reader: AnyReader,
+    /// None once closed.
+    reader: Option<AnyReader>,
     lossy: bool,
     /// The frame the iterator handed out last: released when it takes the next one, so the
     /// natural loop holds one frame at a time.
     last: Option<Py<PyFrame>>,
 }
 
+fn closed(what: &str) -> PyErr {
+    PyRuntimeError::new_err(format!("this {what} was closed"))
+}
+
 impl PyReader {
-    fn max_held_now(&self) -> u32 {
-        each!(&self.reader, AnyReader, r => r.max_held())
+    fn r(&self) -> PyResult<&AnyReader> {
+        self.reader.as_ref().ok_or_else(|| closed("reader"))
+    }
+
+    fn max_held_now(&self) -> PyResult<u32> {
+        Ok(each!(self.r()?, AnyReader, r => r.max_held()))
+    }
+
+    fn release_last(&mut self, py: Python<'_>) {
+        if let Some(prev) = self.last.take() {
+            if let Ok(mut f) = prev.try_borrow_mut(py) {
+                f.release();
+            }
+        }
     }
 
     fn take(&mut self, py: Python<'_>, timeout: Option<f64>, latest: bool) -> PyResult<PyFrame> {
         let until = deadline(timeout)?;
-        let max_held = self.max_held_now();
-        let reader = &mut self.reader;
+        let max_held = self.max_held_now()?;
+        // The frame the iterator handed out last goes first, whoever takes the next one.
+        self.release_last(py);
+        let reader = self.reader.as_mut().ok_or_else(|| closed("reader"))?;
         let got = if until.is_some_and(|d| d <= Instant::now()) {
             try_recv_now(reader, latest)
         } else {
@@ -1006,6 +1039,7 @@ impl PyReader {
         match got {
             Slice::Done(slot) => PyFrame::new(py, slot),
             Slice::Failed(e) => Err(recv_error(py, e, max_held)),
+            Slice::Other(msg) => Err(error(py, "Error", msg)),
             Slice::TimedOut => Err(recv_error(py, TryRecvError::Empty, max_held)),
         }
     }
@@ -1024,7 +1058,10 @@ fn recv_slice(
     match res.split() {
         Ok(s) => Slice::Done(s),
         Err(RecvTimeoutError::Timeout) => Slice::TimedOut,
-        Err(e) => Slice::Failed(timeout_to_try(e)),
+        Err(e) => match timeout_to_try(e) {
+            Some(t) => Slice::Failed(t),
+            None => Slice::Other(full_message(&e)),
+        },
     }
 }
 
@@ -1041,16 +1078,17 @@ fn try_recv_now(r: &mut AnyReader, latest: bool) -> Slice<AnyReadSlot, TryRecvEr
     }
 }
 
-fn timeout_to_try(e: RecvTimeoutError) -> TryRecvError {
-    match e {
+fn timeout_to_try(e: RecvTimeoutError) -> Option<TryRecvError> {
+    Some(match e {
         RecvTimeoutError::Timeout => TryRecvError::Empty,
         RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
         RecvTimeoutError::WriterDied { pid, frames } => TryRecvError::WriterDied { pid, frames },
         RecvTimeoutError::Corrupted { seq } => TryRecvError::Corrupted { seq },
         RecvTimeoutError::TooManyHeld { max_held } => TryRecvError::TooManyHeld { max_held },
         RecvTimeoutError::WrongProcess { owner } => TryRecvError::WrongProcess { owner },
-        _ => TryRecvError::Corrupted { seq: u64::MAX },
-    }
+        // RecvTimeoutError is non_exhaustive: a variant added later is reported as it is.
+        _ => return None,
+    })
 }
 
 /// `Result`s of one dtype, in an enum over dtypes, so that `map_each!` can produce them.
@@ -1122,20 +1160,20 @@ impl PyReader {
     /// A file descriptor that becomes readable when a frame may be ready (for `selectors`,
     /// `select` and asyncio's `loop.add_reader`); after it fires, call `recv(timeout=0)`
     /// until it raises `Timeout`. The reader owns the fd: do not close it.
-    fn fileno(&self) -> i32 {
+    fn fileno(&self) -> PyResult<i32> {
         use std::os::fd::{AsFd, AsRawFd};
-        each!(&self.reader, AnyReader, r => r.as_fd().as_raw_fd())
+        Ok(each!(self.r()?, AnyReader, r => r.as_fd().as_raw_fd()))
     }
 
     /// Frames this reader holds now.
     #[getter]
-    fn held(&self) -> u32 {
-        each!(&self.reader, AnyReader, r => r.held())
+    fn held(&self) -> PyResult<u32> {
+        Ok(each!(self.r()?, AnyReader, r => r.held()))
     }
 
     /// Frames this reader may hold at once.
     #[getter]
-    fn max_held(&self) -> u32 {
+    fn max_held(&self) -> PyResult<u32> {
         self.max_held_now()
     }
 
@@ -1147,22 +1185,22 @@ impl PyReader {
 
     /// Frames this reader missed so far.
     #[getter]
-    fn missed(&self) -> u64 {
-        each!(&self.reader, AnyReader, r => r.missed())
+    fn missed(&self) -> PyResult<u64> {
+        Ok(each!(self.r()?, AnyReader, r => r.missed()))
     }
 
     /// Frames this reader received so far.
     #[getter]
-    fn frames_read(&self) -> u64 {
-        each!(&self.reader, AnyReader, r => r.frames_read())
+    fn frames_read(&self) -> PyResult<u64> {
+        Ok(each!(self.r()?, AnyReader, r => r.frames_read()))
     }
 
     /// The ring, as a new handle.
     #[getter]
-    fn ring(&self) -> PyRing {
-        PyRing {
-            ring: map_each!(&self.reader, AnyReader => AnyRing, r => r.ring().clone()),
-        }
+    fn ring(&self) -> PyResult<PyRing> {
+        Ok(PyRing {
+            ring: map_each!(self.r()?, AnyReader => AnyRing, r => r.ring().clone()),
+        })
     }
 
     fn __iter__(slf: Py<Self>) -> Py<Self> {
@@ -1173,9 +1211,6 @@ impl PyReader {
     /// `WriterDied` if it died. The frame handed out before is released first (its arrays,
     /// if kept, keep holding it).
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyFrame>>> {
-        if let Some(prev) = self.last.take() {
-            prev.borrow_mut(py).release();
-        }
         match self.take(py, None, false) {
             Ok(f) => {
                 let f = Py::new(py, f)?;
@@ -1205,21 +1240,29 @@ impl PyReader {
         _v: Option<Bound<'_, PyAny>>,
         _tb: Option<Bound<'_, PyAny>>,
     ) -> bool {
-        if let Some(prev) = self.last.take() {
-            prev.borrow_mut(py).release();
-        }
+        self.close(py);
         false
     }
 
+    /// Detaches the reader (the end of its `with` block does too). Frames still held (by a
+    /// Frame or an array) stay valid; the reader's entry is freed when the last is released.
+    fn close(&mut self, py: Python<'_>) {
+        self.release_last(py);
+        self.reader = None;
+    }
+
     fn __repr__(&self) -> String {
-        format!(
-            "shmflow.Reader(ring={:?}, lossy={}, max_held={}, held={}, frames_read={})",
-            each!(&self.reader, AnyReader, r => r.ring().name().to_owned()),
-            if self.lossy { "True" } else { "False" },
-            self.max_held_now(),
-            self.held(),
-            self.frames_read()
-        )
+        match &self.reader {
+            None => "shmflow.Reader(closed)".to_owned(),
+            Some(r) => format!(
+                "shmflow.Reader(ring={:?}, lossy={}, max_held={}, held={}, frames_read={})",
+                each!(r, AnyReader, r => r.ring().name().to_owned()),
+                if self.lossy { "True" } else { "False" },
+                each!(r, AnyReader, r => r.max_held()),
+                each!(r, AnyReader, r => r.held()),
+                each!(r, AnyReader, r => r.frames_read()),
+            ),
+        }
     }
 }
 
@@ -1242,11 +1285,11 @@ struct PyReservation {
     slot: Option<AnyWriteSlot>,
     /// The array handed out: a view of `root`.
     array: Option<Py<PyAny>>,
-    /// The array made over the slot, whose base is the lease. Every numpy view of `array`
-    /// (and of its views) has `root` as its base, because numpy collapses a view's base to
-    /// the first array that does not look through to another array; names of `array` do not
-    /// refer to it. So `root`'s reference count, less ours and `array`'s, counts the views.
-    root: Py<PyAny>,
+    /// The array made over the slot, whose base is the lease. numpy collapses the base of a
+    /// view of `array` (and of views of views) to `root`, the first array that does not look
+    /// through to another array. Objects that stop the collapse (views of another type,
+    /// memoryviews, `as_strided`) refer to `array` instead. See [`strays`].
+    root: Option<Py<PyAny>>,
     lease: Py<WriteLease>,
     quarantine: Quarantine,
     seq: u64,
@@ -1254,13 +1297,29 @@ struct PyReservation {
     timestamp_ns: Option<u64>,
 }
 
-/// A reservation whose commit failed with `SlotInUse`: its slot is in the lease until the
-/// views of its array are gone. The writer checks at its next reserve, and gives the slot back
-/// then (if the writer goes first, the slot goes back when the lease does).
+/// The exact reference count of `obj`.
+fn refcnt(obj: &Bound<'_, PyAny>) -> isize {
+    // SAFETY: `obj` is a live object (bound, so we hold the GIL and a reference to it);
+    // reading its reference count has no other requirement.
+    unsafe { pyo3::ffi::Py_REFCNT(obj.as_ptr()) }
+}
+
+/// References to a reservation's arrays that could still write to the slot, given `root` and
+/// `array`, each held once by the caller: views whose base is `root` (its count less the
+/// caller's and `array`'s base), and references to `array` beyond the caller's and one name
+/// (the `as a` variable). So aliases of the array count too: only one name may outlive the
+/// block, and it is read-only by then.
+fn strays(root: &Bound<'_, PyAny>, array: &Bound<'_, PyAny>) -> isize {
+    (refcnt(root) - 2).max(0) + (refcnt(array) - 2).max(0)
+}
+
+/// A reservation whose commit failed with `SlotInUse` (or that was dropped with views
+/// alive): its slot is in the lease until the views of its array are gone. The writer checks
+/// at its next reserve, and gives the slot back then (if the writer goes first, the slot goes
+/// back when the lease does).
 struct Quarantined {
     root: Py<PyAny>,
-    /// Kept alive here so that `root`'s count is known: ours, the array's base, the views.
-    _array: Py<PyAny>,
+    array: Py<PyAny>,
     lease: Py<WriteLease>,
 }
 
@@ -1271,61 +1330,65 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Gives back the slot of a quarantined reservation whose views are gone.
-fn release_quarantined(py: Python<'_>, q: &Quarantine) -> PyResult<()> {
+fn release_quarantined(py: Python<'_>, q: &Quarantine) {
     let mut g = lock(q);
     let Some(held) = g.as_ref() else {
-        return Ok(());
+        return;
     };
-    let refs: isize = py
-        .import("sys")?
-        .getattr("getrefcount")?
-        .call1((held.root.bind(py),))?
-        .extract()?;
-    // getrefcount's argument, `held.root`, and the array's base.
-    if refs <= 3 {
+    if strays(held.root.bind(py), held.array.bind(py)) == 0 {
         let held = g.take().expect("checked above");
         let slot = lock(&held.lease.get().held).take();
         drop(slot);
     }
-    Ok(())
 }
 
 impl PyReservation {
-    /// Ends the array's writable life before the slot is committed or given back: the array
-    /// becomes read-only, and `Ok(Some(slot))` hands the slot on. If other references to the
-    /// array are alive (views could write to the slot after it is published, and nothing can
-    /// reach them to make them read-only), the slot moves into the lease instead, to be given
-    /// back unpublished when they are gone, and the answer is `Ok(None)` with their count.
-    fn seal(&mut self, py: Python<'_>) -> PyResult<Result<AnyWriteSlot, isize>> {
-        let slot = self.slot.take().ok_or_else(|| {
-            PyRuntimeError::new_err("this reservation was already committed or discarded")
-        })?;
-        let Some(arr) = self.array.take() else {
-            return Ok(Ok(slot));
+    /// Ends the arrays' writable life before the slot is committed or given back: both become
+    /// read-only, and `Ok(slot)` hands the slot on. If views or other references that could
+    /// still write are alive (see [`strays`]; nothing can reach them to make them read-only),
+    /// the slot moves into the lease instead, to be given back unpublished when they are
+    /// gone, and the answer is `Err(count)`. `None` if the reservation is over already.
+    fn seal(&mut self, py: Python<'_>) -> Option<Result<AnyWriteSlot, isize>> {
+        let slot = self.slot.take()?;
+        let (Some(array), Some(root)) = (self.array.take(), self.root.take()) else {
+            return Some(Ok(slot));
         };
-        let arr = arr.into_bound(py);
-        let root = self.root.bind(py);
-        make_readonly(arr.cast::<PyUntypedArray>()?);
-        make_readonly(root.cast::<PyUntypedArray>()?);
-        // getrefcount's argument, `self.root`, and `arr`'s base.
-        let refs: isize = py
-            .import("sys")?
-            .getattr("getrefcount")?
-            .call1((root,))?
-            .extract()?;
-        let strays = refs - 3;
-        if strays > 0 {
+        let (array, root) = (array.into_bound(py), root.into_bound(py));
+        for a in [&array, &root] {
+            if let Ok(a) = a.cast::<PyUntypedArray>() {
+                make_readonly(a);
+            }
+        }
+        let n = strays(&root, &array);
+        if n > 0 {
             *lock(&self.lease.get().held) = Some(slot);
             *lock(&self.quarantine) = Some(Quarantined {
-                root: self.root.clone_ref(py),
-                _array: arr.unbind(),
+                root: root.unbind(),
+                array: array.unbind(),
                 lease: self.lease.clone_ref(py),
             });
-            return Ok(Err(strays));
+            return Some(Err(n));
         }
-        Ok(Ok(slot))
+        Some(Ok(slot))
     }
 }
+
+impl Drop for PyReservation {
+    /// A reservation dropped open is discarded, as at the end of a block that raised: never
+    /// with a writable array left over the slot.
+    fn drop(&mut self) {
+        if self.slot.is_some() {
+            Python::attach(|py| {
+                if let Some(Ok(slot)) = self.seal(py) {
+                    drop(slot);
+                }
+            });
+        }
+    }
+}
+
+const RESERVATION_OVER: &str =
+    "this reservation is over (committed, discarded, or refused with SlotInUse)";
 
 #[pymethods]
 impl PyReservation {
@@ -1335,9 +1398,7 @@ impl PyReservation {
     fn array(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         match &self.array {
             Some(a) => Ok(a.clone_ref(py)),
-            None => Err(PyRuntimeError::new_err(
-                "this reservation was already committed or discarded",
-            )),
+            None => Err(PyRuntimeError::new_err(RESERVATION_OVER)),
         }
     }
 
@@ -1372,18 +1433,19 @@ impl PyReservation {
     /// Publishes the frame to the readers; returns its sequence number. The array becomes
     /// read-only first.
     fn commit(&mut self, py: Python<'_>) -> PyResult<u64> {
-        let slot = match self.seal(py)? {
-            Ok(slot) => slot,
-            Err(n) => {
+        let slot = match self.seal(py) {
+            None => return Err(PyRuntimeError::new_err(RESERVATION_OVER)),
+            Some(Ok(slot)) => slot,
+            Some(Err(n)) => {
                 return Err(error(
                     py,
                     "SlotInUse",
                     format!(
-                        "frame {} was not published: {n} view(s) of its array (such as a[0] or \
-                         a.reshape(...)) are alive at the commit, and could write to it while \
-                         readers read it. Drop views of the reserved array before the end of \
-                         the block (copy what you keep with np.array(v)); the slot is given \
-                         back unpublished when they are gone",
+                        "frame {} was not published: {n} view(s) or other reference(s) to its \
+                         array (a[0], a.reshape(...), memoryview(a), a second name) are alive \
+                         at the commit, and could write to it while readers read it. Drop them \
+                         before the end of the block (copy what you keep with np.array(v)); \
+                         the slot is given back unpublished when they are gone",
                         self.seq
                     ),
                 ))
@@ -1403,10 +1465,14 @@ impl PyReservation {
     /// Gives the slot back without publishing anything. The array becomes read-only.
     fn discard(&mut self, py: Python<'_>) -> PyResult<()> {
         // With views alive the slot stays reserved until they are gone (see `seal`).
-        if let Ok(slot) = self.seal(py)? {
-            drop(slot);
+        match self.seal(py) {
+            None => Err(PyRuntimeError::new_err(RESERVATION_OVER)),
+            Some(Ok(slot)) => {
+                drop(slot);
+                Ok(())
+            }
+            Some(Err(_)) => Ok(()),
         }
-        Ok(())
     }
 
     fn __enter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -1442,7 +1508,8 @@ impl PyReservation {
 /// A writer attached to a ring.
 #[pyclass(module = "shmflow", name = "Writer")]
 struct PyWriter {
-    writer: AnyWriter,
+    /// None once closed.
+    writer: Option<AnyWriter>,
     quarantine: Quarantine,
 }
 
@@ -1460,18 +1527,24 @@ fn try_reserve_now(w: &mut AnyWriter) -> Result<AnyWriteSlot, TryReserveError> {
 }
 
 impl PyWriter {
+    fn w(&self) -> PyResult<&AnyWriter> {
+        self.writer.as_ref().ok_or_else(|| closed("writer"))
+    }
+
     /// Reserves a slot (GIL released while waiting).
     fn reserve_slot(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<AnyWriteSlot> {
         let until = deadline(timeout)?;
-        release_quarantined(py, &self.quarantine)?;
+        release_quarantined(py, &self.quarantine);
         if until.is_some_and(|d| d <= Instant::now()) {
-            return try_reserve_now(&mut self.writer).map_err(|e| try_reserve_error(py, e));
+            let writer = self.writer.as_mut().ok_or_else(|| closed("writer"))?;
+            return try_reserve_now(writer).map_err(|e| try_reserve_error(py, e));
         }
-        let writer = &mut self.writer;
+        let writer = self.writer.as_mut().ok_or_else(|| closed("writer"))?;
         let got = blocking(py, until, |slice| reserve_slice(writer, slice))?;
         match got {
             Slice::Done(s) => Ok(s),
             Slice::Failed(e) => Err(reserve_error(py, e)),
+            Slice::Other(msg) => Err(error(py, "Error", msg)),
             Slice::TimedOut => Err(reserve_error(py, ReserveTimeoutError::Timeout)),
         }
     }
@@ -1496,7 +1569,7 @@ impl PyWriter {
             let r = each!(&mut slot, AnyWriteSlot, s => s.set_shape(shape));
             r.map_err(|e| PyValueError::new_err(e.to_string()))?;
         }
-        let ring = map_each!(&self.writer, AnyWriter => AnyRing, w => w.ring().clone());
+        let ring = map_each!(self.w()?, AnyWriter => AnyRing, w => w.ring().clone());
         let lease = Bound::new(
             py,
             WriteLease {
@@ -1516,7 +1589,7 @@ impl PyWriter {
         Ok(PyReservation {
             slot: Some(slot),
             array: Some(arr.unbind()),
-            root: root.unbind(),
+            root: Some(root.unbind()),
             lease: lease.unbind(),
             quarantine: Arc::clone(&self.quarantine),
             seq,
@@ -1544,13 +1617,13 @@ impl PyWriter {
                     .map_or("?".into(), |n| n.to_string())
             ))
         })?;
-        let info = each!(&self.writer, AnyWriter, w => w.ring().info());
+        let info = each!(self.w()?, AnyWriter, w => w.ring().info());
         let want = numpy_name(info.dtype);
         let got: String = arr.dtype().getattr("name")?.extract()?;
         if got != want || !arr.dtype().is_native_byteorder().unwrap_or(true) {
             return Err(PyTypeError::new_err(format!(
                 "the ring holds {want}, the array is {got}{}: convert it first (a.astype(np.{want}))",
-                if got == want { " in big-endian byte order" } else { "" }
+                if got == want { " in non-native byte order" } else { "" }
             )));
         }
         if !arr.is_c_contiguous() {
@@ -1589,7 +1662,7 @@ impl PyWriter {
     fn wait_for_readers(&self, py: Python<'_>, n: usize, timeout: Option<f64>) -> PyResult<usize> {
         let until = deadline(timeout)?;
         loop {
-            let attached = each!(&self.writer, AnyWriter, w => w.ring().status())
+            let attached = each!(self.w()?, AnyWriter, w => w.ring().status())
                 .readers
                 .iter()
                 .filter(|r| r.alive)
@@ -1611,16 +1684,16 @@ impl PyWriter {
 
     /// Frames this writer committed.
     #[getter]
-    fn frames_written(&self) -> u64 {
-        each!(&self.writer, AnyWriter, w => w.frames_written())
+    fn frames_written(&self) -> PyResult<u64> {
+        Ok(each!(self.w()?, AnyWriter, w => w.frames_written()))
     }
 
     /// The ring, as a new handle.
     #[getter]
-    fn ring(&self) -> PyRing {
-        PyRing {
-            ring: map_each!(&self.writer, AnyWriter => AnyRing, w => w.ring().clone()),
-        }
+    fn ring(&self) -> PyResult<PyRing> {
+        Ok(PyRing {
+            ring: map_each!(self.w()?, AnyWriter => AnyRing, w => w.ring().clone()),
+        })
     }
 
     fn __reduce__(&self) -> PyResult<()> {
@@ -1640,15 +1713,25 @@ impl PyWriter {
         _v: Option<Bound<'_, PyAny>>,
         _tb: Option<Bound<'_, PyAny>>,
     ) -> bool {
+        self.close();
         false
     }
 
+    /// Detaches the writer (the end of its `with` block does too): once every frame is read,
+    /// readers see the stream end (`Disconnected`, the end of `for f in reader`).
+    fn close(&mut self) {
+        self.writer = None;
+    }
+
     fn __repr__(&self) -> String {
-        format!(
-            "shmflow.Writer(ring={:?}, frames_written={})",
-            each!(&self.writer, AnyWriter, w => w.ring().name().to_owned()),
-            self.frames_written()
-        )
+        match &self.writer {
+            None => "shmflow.Writer(closed)".to_owned(),
+            Some(w) => format!(
+                "shmflow.Writer(ring={:?}, frames_written={})",
+                each!(w, AnyWriter, w => w.ring().name().to_owned()),
+                each!(w, AnyWriter, w => w.frames_written()),
+            ),
+        }
     }
 }
 
