@@ -1158,8 +1158,11 @@ impl PyReader {
     }
 
     /// A file descriptor that becomes readable when a frame may be ready (for `selectors`,
-    /// `select` and asyncio's `loop.add_reader`); after it fires, call `recv(timeout=0)`
-    /// until it raises `Timeout`. The reader owns the fd: do not close it.
+    /// `select` and asyncio's `loop.add_reader`). It is armed by a `recv(timeout=0)` that
+    /// raised `Timeout`: call `recv(timeout=0)` until it does, before waiting on the fd, and
+    /// again each time the fd fires. After `Disconnected`, `WriterDied` or `TooManyHeld` the
+    /// fd stays readable: stop watching it (or release a frame) then. The reader owns the fd:
+    /// do not close it. A reader is used by one thread at a time.
     fn fileno(&self) -> PyResult<i32> {
         use std::os::fd::{AsFd, AsRawFd};
         Ok(each!(self.r()?, AnyReader, r => r.as_fd().as_raw_fd()))
