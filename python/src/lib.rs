@@ -9,9 +9,10 @@
 //! alive. A reader's array is a view whose base object is a [`Lease`], which owns the frame's
 //! [`ReadSlot`]: the slot stays held until the last array referencing it is gone. A writer's
 //! array is writable only until its reservation is committed or discarded; at that moment it
-//! and every view of it found alive are made read-only (arrays made by
-//! `PyArray::borrow_from_array` do not own their data, so Python cannot make them writable
-//! again).
+//! is made read-only (arrays made by `PyArray::borrow_from_array` do not own their data, so
+//! Python cannot make them writable again), and if anything else that could write to the slot
+//! is alive (views, memoryviews, a second name: see `strays`) the frame is not published and
+//! the slot stays reserved until they are gone.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,6 +89,24 @@ macro_rules! map_each {
             $enum::I64($v) => $out::I64($body),
             $enum::F32($v) => $out::F32($body),
             $enum::F64($v) => $out::F64($body),
+        }
+    };
+}
+
+/// Like [`map_each!`] for a `$body` that returns a `Result`: wraps its `Ok` value.
+macro_rules! try_map_each {
+    ($e:expr, $enum:ident => $out:ident, $v:ident => $body:expr) => {
+        match $e {
+            $enum::U8($v) => $body.map($out::U8),
+            $enum::I8($v) => $body.map($out::I8),
+            $enum::U16($v) => $body.map($out::U16),
+            $enum::I16($v) => $body.map($out::I16),
+            $enum::U32($v) => $body.map($out::U32),
+            $enum::I32($v) => $body.map($out::I32),
+            $enum::U64($v) => $body.map($out::U64),
+            $enum::I64($v) => $body.map($out::I64),
+            $enum::F32($v) => $body.map($out::F32),
+            $enum::F64($v) => $body.map($out::F64),
         }
     };
 }
@@ -290,13 +309,13 @@ fn try_reserve_error(py: Python<'_>, e: TryReserveError) -> PyErr {
     }
 }
 
-fn recv_error(py: Python<'_>, e: TryRecvError, max_held: u32) -> PyErr {
+fn recv_error(py: Python<'_>, e: TryRecvError) -> PyErr {
     match e {
         TryRecvError::Empty => error(py, "Timeout", "no frame arrived in time"),
         TryRecvError::Disconnected => error(py, "Disconnected", e),
         TryRecvError::WriterDied { .. } => error(py, "WriterDied", e),
         TryRecvError::Corrupted { .. } => error(py, "Corrupted", e),
-        TryRecvError::TooManyHeld { .. } => error(
+        TryRecvError::TooManyHeld { max_held } => error(
             py,
             "TooManyHeld",
             format!(
@@ -503,19 +522,8 @@ impl PyRing {
     #[pyo3(signature = (*, spin = None))]
     fn writer(&self, py: Python<'_>, spin: Option<&Bound<'_, PyAny>>) -> PyResult<PyWriter> {
         let strategy = wait_strategy(spin)?;
-        let mut w = match &self.ring {
-            AnyRing::U8(r) => r.writer().map(AnyWriter::U8),
-            AnyRing::I8(r) => r.writer().map(AnyWriter::I8),
-            AnyRing::U16(r) => r.writer().map(AnyWriter::U16),
-            AnyRing::I16(r) => r.writer().map(AnyWriter::I16),
-            AnyRing::U32(r) => r.writer().map(AnyWriter::U32),
-            AnyRing::I32(r) => r.writer().map(AnyWriter::I32),
-            AnyRing::U64(r) => r.writer().map(AnyWriter::U64),
-            AnyRing::I64(r) => r.writer().map(AnyWriter::I64),
-            AnyRing::F32(r) => r.writer().map(AnyWriter::F32),
-            AnyRing::F64(r) => r.writer().map(AnyWriter::F64),
-        }
-        .map_err(|e| attach_error(py, e))?;
+        let mut w = try_map_each!(&self.ring, AnyRing => AnyWriter, r => r.writer())
+            .map_err(|e| attach_error(py, e))?;
         each!(&mut w, AnyWriter, w => w.set_wait_strategy(strategy));
         Ok(PyWriter {
             writer: Some(w),
@@ -547,68 +555,11 @@ impl PyRing {
                 other => other,
             };
         };
-        let mut r = match &self.ring {
-            AnyRing::U8(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::U8),
-            AnyRing::I8(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::I8),
-            AnyRing::U16(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::U16),
-            AnyRing::I16(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::I16),
-            AnyRing::U32(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::U32),
-            AnyRing::I32(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::I32),
-            AnyRing::U64(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::U64),
-            AnyRing::I64(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::I64),
-            AnyRing::F32(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::F32),
-            AnyRing::F64(r) => r
-                .attach_reader()
-                .lossy(lossy)
-                .max_held(max_held)
-                .attach()
-                .map(AnyReader::F64),
-        }
+        let mut r = try_map_each!(&self.ring, AnyRing => AnyReader, r => r
+            .attach_reader()
+            .lossy(lossy)
+            .max_held(max_held)
+            .attach())
         .map_err(|e| attach_error(py, e))?;
         each!(&mut r, AnyReader, r => r.set_wait_strategy(strategy));
         Ok(PyReader {
@@ -1027,7 +978,6 @@ impl PyReader {
 
     fn take(&mut self, py: Python<'_>, timeout: Option<f64>, latest: bool) -> PyResult<PyFrame> {
         let until = deadline(timeout)?;
-        let max_held = self.max_held_now()?;
         // The frame the iterator handed out last goes first, whoever takes the next one.
         self.release_last(py);
         let reader = self.reader.as_mut().ok_or_else(|| closed("reader"))?;
@@ -1038,9 +988,9 @@ impl PyReader {
         };
         match got {
             Slice::Done(slot) => PyFrame::new(py, slot),
-            Slice::Failed(e) => Err(recv_error(py, e, max_held)),
+            Slice::Failed(e) => Err(recv_error(py, e)),
             Slice::Other(msg) => Err(error(py, "Error", msg)),
-            Slice::TimedOut => Err(recv_error(py, TryRecvError::Empty, max_held)),
+            Slice::TimedOut => Err(recv_error(py, TryRecvError::Empty)),
         }
     }
 }
@@ -1050,12 +1000,12 @@ fn recv_slice(
     slice: Duration,
     latest: bool,
 ) -> Slice<AnyReadSlot, TryRecvError> {
-    let res = map_each!(r, AnyReader => AnyReadSlotResult, r => if latest {
+    let res = try_map_each!(r, AnyReader => AnyReadSlot, r => if latest {
         r.recv_latest_timeout(slice)
     } else {
         r.recv_timeout(slice)
     });
-    match res.split() {
+    match res {
         Ok(s) => Slice::Done(s),
         Err(RecvTimeoutError::Timeout) => Slice::TimedOut,
         Err(e) => match timeout_to_try(e) {
@@ -1066,12 +1016,12 @@ fn recv_slice(
 }
 
 fn try_recv_now(r: &mut AnyReader, latest: bool) -> Slice<AnyReadSlot, TryRecvError> {
-    let res = map_each!(r, AnyReader => AnyReadSlotTryResult, r => if latest {
+    let res = try_map_each!(r, AnyReader => AnyReadSlot, r => if latest {
         r.try_recv_latest()
     } else {
         r.try_recv()
     });
-    match res.split() {
+    match res {
         Ok(s) => Slice::Done(s),
         Err(TryRecvError::Empty) => Slice::TimedOut,
         Err(e) => Slice::Failed(e),
@@ -1090,55 +1040,6 @@ fn timeout_to_try(e: RecvTimeoutError) -> Option<TryRecvError> {
         _ => return None,
     })
 }
-
-/// `Result`s of one dtype, in an enum over dtypes, so that `map_each!` can produce them.
-macro_rules! result_enum {
-    ($name:ident, $slot:ident, $any:ident, $err:ty) => {
-        enum $name {
-            U8(Result<$slot<u8>, $err>),
-            I8(Result<$slot<i8>, $err>),
-            U16(Result<$slot<u16>, $err>),
-            I16(Result<$slot<i16>, $err>),
-            U32(Result<$slot<u32>, $err>),
-            I32(Result<$slot<i32>, $err>),
-            U64(Result<$slot<u64>, $err>),
-            I64(Result<$slot<i64>, $err>),
-            F32(Result<$slot<f32>, $err>),
-            F64(Result<$slot<f64>, $err>),
-        }
-        impl $name {
-            fn split(self) -> Result<$any, $err> {
-                match self {
-                    $name::U8(r) => r.map($any::U8),
-                    $name::I8(r) => r.map($any::I8),
-                    $name::U16(r) => r.map($any::U16),
-                    $name::I16(r) => r.map($any::I16),
-                    $name::U32(r) => r.map($any::U32),
-                    $name::I32(r) => r.map($any::I32),
-                    $name::U64(r) => r.map($any::U64),
-                    $name::I64(r) => r.map($any::I64),
-                    $name::F32(r) => r.map($any::F32),
-                    $name::F64(r) => r.map($any::F64),
-                }
-            }
-        }
-    };
-}
-
-result_enum!(AnyReadSlotResult, ReadSlot, AnyReadSlot, RecvTimeoutError);
-result_enum!(AnyReadSlotTryResult, ReadSlot, AnyReadSlot, TryRecvError);
-result_enum!(
-    AnyWriteSlotResult,
-    WriteSlot,
-    AnyWriteSlot,
-    ReserveTimeoutError
-);
-result_enum!(
-    AnyWriteSlotTryResult,
-    WriteSlot,
-    AnyWriteSlot,
-    TryReserveError
-);
 
 #[pymethods]
 impl PyReader {
@@ -1517,8 +1418,8 @@ struct PyWriter {
 }
 
 fn reserve_slice(w: &mut AnyWriter, slice: Duration) -> Slice<AnyWriteSlot, ReserveTimeoutError> {
-    let res = map_each!(w, AnyWriter => AnyWriteSlotResult, w => w.reserve_timeout(slice));
-    match res.split() {
+    let res = try_map_each!(w, AnyWriter => AnyWriteSlot, w => w.reserve_timeout(slice));
+    match res {
         Ok(s) => Slice::Done(s),
         Err(ReserveTimeoutError::Timeout) => Slice::TimedOut,
         Err(e) => Slice::Failed(e),
@@ -1526,7 +1427,7 @@ fn reserve_slice(w: &mut AnyWriter, slice: Duration) -> Slice<AnyWriteSlot, Rese
 }
 
 fn try_reserve_now(w: &mut AnyWriter) -> Result<AnyWriteSlot, TryReserveError> {
-    map_each!(w, AnyWriter => AnyWriteSlotTryResult, w => w.try_reserve()).split()
+    try_map_each!(w, AnyWriter => AnyWriteSlot, w => w.try_reserve())
 }
 
 impl PyWriter {
@@ -1581,9 +1482,11 @@ impl PyWriter {
             },
         )?;
         // SAFETY: the slot is reserved by this writer until the reservation commits or
-        // discards it, and nothing else writes to it meanwhile; at that moment `seal` makes
-        // the array and its views read-only. The lease (the array's base) keeps the ring
-        // mapped for as long as the array lives.
+        // discards it, and nothing else writes to it meanwhile. Before either, `seal` makes
+        // the arrays read-only and, if views or other references are still alive, keeps the
+        // slot reserved (in the lease) instead, so no writable array outlives the
+        // reservation's hold on the slot. The lease (the array's base) keeps the ring mapped
+        // for as long as the array lives.
         let root = each!(&mut slot, AnyWriteSlot, s => unsafe {
             array_of(s.view(), lease.clone().into_any(), true)
         });
@@ -1664,24 +1567,29 @@ impl PyWriter {
     #[pyo3(signature = (n, timeout = None))]
     fn wait_for_readers(&self, py: Python<'_>, n: usize, timeout: Option<f64>) -> PyResult<usize> {
         let until = deadline(timeout)?;
-        loop {
-            let attached = each!(self.w()?, AnyWriter, w => w.ring().status())
-                .readers
-                .iter()
-                .filter(|r| r.alive)
-                .count();
-            if attached >= n {
-                return Ok(attached);
+        let writer = self.w()?;
+        let mut attached = 0;
+        let mut wait = |slice: Duration| -> Slice<usize, ()> {
+            match each!(writer, AnyWriter, w => w.wait_for_readers(n, slice)) {
+                Ok(k) => Slice::Done(k),
+                Err(e) => {
+                    attached = e.attached;
+                    Slice::TimedOut
+                }
             }
-            if until.is_some_and(|d| d <= Instant::now()) {
-                return Err(error(
-                    py,
-                    "Timeout",
-                    format!("{attached} of {n} readers attached in time"),
-                ));
-            }
-            py.detach(|| std::thread::sleep(Duration::from_millis(1)));
-            py.check_signals()?;
+        };
+        let got = if until.is_some_and(|d| d <= Instant::now()) {
+            wait(Duration::ZERO)
+        } else {
+            blocking(py, until, wait)?
+        };
+        match got {
+            Slice::Done(k) => Ok(k),
+            _ => Err(error(
+                py,
+                "Timeout",
+                format!("{attached} of {n} readers attached in time"),
+            )),
         }
     }
 
